@@ -1,0 +1,108 @@
+"""The executor entry: ``python -m ray_app`` (what the image's /usr/bin/start.sh runs).
+
+It reads ``env.yaml``, then runs exactly one of:
+- training, when ``run_training`` is set (mining/infer flags are then ignored);
+- mining and/or infer, when either is set: one pass over the candidates, mining's
+  progress in [0, 0.5] and infer's in [0.5, 1] when both are set.
+
+Every failure ends in ``monitor.txt`` state 4 with a YMIR error code and one line a user
+understands (the traceback below it), and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from ray_app.protocol import EnvConfig, ErrorCode, Monitor, YmirError, env_file_path, load_env
+from ray_app.protocol.errors import classify
+from ray_app.protocol.env import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, EnvOutput
+
+log = logging.getLogger("ray_app")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="python -m ray_app",
+        description=(
+            "YMIR executor for mmyolo detectors on Ray. Reads the task from the env file: "
+            f"--env-file if given, else ${ENV_FILE_VARIABLE}, else {DEFAULT_ENV_FILE}. The env file "
+            "names config.yaml (hyperparameters over the image's templates), the index files and "
+            "the output paths; progress and errors go to its monitor file."
+        ),
+        epilog="Exit status: 0 when the task is done, 1 when it failed (see monitor.txt), 2 for usage errors.",
+    )
+
+
+def configure_logging() -> None:
+    """Plain lines on stderr: the platform appends the container's output to its log file."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, force=True,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+    )
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def dispatch(env: EnvConfig, monitor: Monitor) -> None:
+    """Run the task that ``env`` asks for."""
+    if env.run_training:
+        if env.run_mining or env.run_infer:
+            log.warning("env.yaml sets run_training with run_mining/run_infer: only training runs")
+        from ray_app.train.task import run_training
+
+        run_training(env, monitor)
+    elif env.run_mining or env.run_infer:
+        from ray_app.infer.task import run_inference
+
+        run_inference(env, monitor)
+    else:
+        raise YmirError(ErrorCode.CONFIG, "env.yaml sets none of run_training, run_mining, run_infer: nothing to do")
+
+
+def _fallback_monitor(task_id: str = "unknown-task") -> Monitor | None:
+    """Where to report when env.yaml itself is unusable: the standard /out, if it exists."""
+    out = EnvOutput()
+    if Path(out.root_dir).is_dir():
+        return Monitor(out.monitor_file, task_id, out.root_dir)
+    return None
+
+
+def _report(monitor: Monitor | None, code: int, message: str, trace: str) -> None:
+    log.error("task failed (%d): %s", code, message)
+    if monitor is None:
+        return
+    try:
+        monitor.error(code, message, trace)
+    except OSError as e:  # /out not writable: the log is all that is left
+        log.error("cannot write %s: %s", monitor.path, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    build_parser().parse_args(argv)
+    configure_logging()
+    signal.signal(signal.SIGTERM, _terminate)
+    monitor: Monitor | None = None
+    try:
+        env = load_env(env_file_path())
+        monitor = Monitor(env.output.monitor_file, env.task_id, env.output.root_dir)
+        monitor.progress(0.0, force=True)
+        dispatch(env, monitor)
+        monitor.done()
+        log.info("task done")
+        return 0
+    except YmirError as e:
+        _report(monitor or _fallback_monitor(), e.code, e.message, traceback.format_exc())
+    except (KeyboardInterrupt, SystemExit) as e:
+        _report(monitor or _fallback_monitor(), ErrorCode.CONFIG, f"interrupted ({type(e).__name__} {e})",
+                traceback.format_exc())
+    except Exception as e:  # the unexpected: still a YMIR error, with the traceback to act on
+        code = classify(e)
+        _report(monitor or _fallback_monitor(), code, f"{type(e).__name__}: {e}", traceback.format_exc())
+    return 1

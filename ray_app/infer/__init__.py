@@ -1,0 +1,1 @@
+"""Inference and mining: Ray Data streams the candidates to a pool of model actors."""

@@ -1,0 +1,143 @@
+"""Loading a YMIR model stage into an mmyolo detector, and running it batched.
+
+One forward pass gives both the detections and the dense class maps (for ALDD): the
+detector's ``extract_feat`` and head are called directly instead of ``test_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mmengine.config import Config
+
+from ray_app.checkpoints import load_checkpoint_file
+from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.hyperparams import InferParams
+from ray_app.protocol.model_files import pick_config, pick_weights, resolve
+from ray_app.train.config import set_img_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelBundle:
+    """What every actor needs to rebuild the model: plain data, cheap to ship via Ray."""
+
+    cfg: Config
+    state_dict: dict[str, torch.Tensor]
+    class_names: list[str]
+    source: str
+
+
+def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
+    """Config and weights from ``model_params_path`` (best weights first, as in training)."""
+    paths = resolve(params.model_params_path, models_dir)
+    weights = pick_weights(paths)
+    if weights is None:
+        missing = [str(p) for p in paths if not p.is_file()]
+        raise YmirError(ErrorCode.MODEL, f"model_params_path {params.model_params_path} holds no weights file"
+                                         + (f" (missing: {', '.join(missing)})" if missing else ""))
+    config_file = pick_config(paths)
+    if config_file is None:
+        raise YmirError(ErrorCode.MODEL, f"model_params_path {params.model_params_path} holds no config (.py) file")
+    try:
+        cfg = Config.fromfile(str(config_file))
+    except Exception as e:  # a config is code; any failure means the stage is unusable
+        raise YmirError(ErrorCode.MODEL, f"model config {config_file} cannot be read: {type(e).__name__}: {e}") from None
+    checkpoint = load_checkpoint_file(weights)
+    model_classes = list((checkpoint.get("meta", {}).get("dataset_meta") or {}).get("classes") or [])
+    class_names = model_classes or list(params.class_names)
+    if model_classes and len(model_classes) != len(params.class_names):
+        raise YmirError(ErrorCode.MODEL, f"model {weights.name} was trained on {len(model_classes)} classes "
+                                         f"{model_classes}, the task has {len(params.class_names)}: {params.class_names}")
+    if model_classes and model_classes != list(params.class_names):
+        log.warning("model classes %s differ from the task's %s: boxes are named by the model's",
+                    model_classes, params.class_names)
+    set_img_size(cfg, params.img_size)
+    test_cfg = cfg.model.test_cfg
+    test_cfg.score_thr = params.conf_threshold
+    test_cfg.setdefault("nms", {})["iou_threshold"] = params.iou_threshold
+    test_cfg.max_per_img = min(int(test_cfg.get("max_per_img", 300)), 300)
+    log.info("model: %s with %s", weights, config_file.name)
+    return ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
+
+
+def inference_pipeline(cfg: Config) -> list[dict[str, Any]]:
+    """The test pipeline, fed decoded arrays instead of files, without annotations."""
+    steps = []
+    for step in cfg.test_dataloader.dataset.pipeline:
+        kind = str(step["type"]).split(".")[-1]
+        if kind == "LoadImageFromFile":
+            steps.append(dict(type="mmdet.LoadImageFromNDArray"))
+        elif kind != "LoadAnnotations":
+            steps.append(dict(step))
+    return steps
+
+
+class Detector:
+    """An mmyolo detector on one device, with batched inference and dense maps."""
+
+    def __init__(self, bundle: ModelBundle, device: str) -> None:
+        from mmdet.apis import init_detector
+        from mmyolo.utils import register_all_modules
+
+        register_all_modules()
+        cfg = bundle.cfg.copy()
+        cfg.model.use_syncbn = False
+        self.model = init_detector(cfg, checkpoint=None, device=device, palette="none")
+        missing, unexpected = self.model.load_state_dict(bundle.state_dict, strict=False)
+        missing = [k for k in missing if not k.startswith("data_preprocessor")]
+        if missing or unexpected:
+            raise YmirError(ErrorCode.MODEL, f"weights {bundle.source} do not fit the config: {len(missing)} "
+                                             f"missing and {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[:3]}")
+        self.model.eval()
+        self.device = device
+        self.num_classes = len(bundle.class_names)
+
+    @torch.no_grad()
+    def forward(self, packed: list[dict[str, Any]], flip: bool = False, brightness: float = 1.0):
+        """Batched forward pass: (detections per image, dense class logits per level).
+
+        ``flip`` and ``brightness`` transform the network input (for CALD); detections
+        come back in the coordinates of the input as given to the network, then rescaled
+        to the original image.
+        """
+        images = [p["inputs"] for p in packed]
+        if brightness != 1.0:  # on raw pixels, before the model's own normalisation
+            images = [(image.float() * brightness).clamp(0, 255).to(image.dtype) for image in images]
+        data = self.model.data_preprocessor({"inputs": images, "data_samples": [p["data_samples"] for p in packed]},
+                                            False)
+        inputs, samples = data["inputs"], data["data_samples"]
+        if flip:
+            inputs = inputs.flip(-1)
+        head = self.model.bbox_head
+        outs = head(self.model.extract_feat(inputs))
+        results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
+        detections = []
+        for result, sample in zip(results, samples):
+            boxes = result.bboxes.cpu().numpy().astype(np.float64)
+            if flip:  # mirror back: the flipped input covers the same padded canvas
+                width = _mirror_width(sample.metainfo, inputs.shape[-1])
+                boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
+            detections.append((boxes, result.scores.cpu().numpy().astype(np.float64),
+                               result.labels.cpu().numpy().astype(np.int64)))
+        return detections, outs[0]
+
+
+def _mirror_width(meta: dict[str, Any], input_width: int) -> float:
+    """The width to mirror boxes about, in original-image pixels.
+
+    The flipped tensor is the whole network input (letterbox and batch padding included):
+    a box found at ``x`` in it lies at ``input_width - x`` unflipped. Undoing the
+    pipeline's offset ``left`` and scale ``s`` gives ``x_orig = (input_width - 2*left)/s - x'``
+    where ``x'`` is the flipped box already rescaled as if unflipped.
+    """
+    pad = meta.get("pad_param")
+    left = float(pad[2]) if pad is not None else 0.0
+    scale = float(np.asarray(meta.get("scale_factor", (1.0, 1.0))).reshape(-1)[0])
+    return (input_width - 2 * left) / scale

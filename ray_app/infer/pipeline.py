@@ -1,0 +1,58 @@
+"""The Ray Data pipeline over the candidate index, streaming results to the driver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import ray
+
+from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
+from ray_app.infer.model import ModelBundle
+from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.hyperparams import InferParams
+from ray_app.ray_session import driver_node_label
+
+#: CPU share of one read task (pinned to the driver node; it only does file I/O)
+READ_CPUS = 0.1
+#: CPU share of one preprocessing (decode + resize) task
+PREPROCESS_CPUS = 0.5
+
+
+def plan_actors(params: InferParams, gpu_ids: list[int]) -> dict:
+    """Resources of the model actors: one per GPU, else ``cpu_num_workers`` CPU actors,
+    leaving the CPU that reading and preprocessing need."""
+    if gpu_ids:
+        return {"concurrency": len(gpu_ids), "num_gpus": 1, "num_cpus": 1}
+    available = ray.cluster_resources().get("CPU", 0)
+    needed = params.cpu_num_workers + PREPROCESS_CPUS + READ_CPUS
+    if needed > available:
+        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and image decoding "
+                                          f"need {needed:g} CPUs; the Ray cluster has {available:g}")
+    return {"concurrency": params.cpu_num_workers, "num_cpus": 1}
+
+
+def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, algorithm: str | None,
+                   gpu_ids: list[int], task_id: str) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``{path, detections (json), score, error}`` as the actors finish them.
+
+    Read tasks run on the driver's node (the one that sees /in) and hand image bytes on;
+    preprocessing and the model run wherever Ray places them. Ray Data restarts actors
+    (its default ``max_restarts=-1``) and retries their lost batches when a worker or a
+    node dies.
+    """
+    actors = plan_actors(params, gpu_ids)
+    bundle_ref = ray.put(bundle)
+    batch_size = params.samples_per_gpu
+    blocks = max(1, min(len(images) // batch_size, 10_000))
+    ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
+    ds = ds.map_batches(read_batch, batch_size=batch_size, num_cpus=READ_CPUS, label_selector=driver_node_label())
+    ds = ds.map_batches(Preprocess, fn_constructor_args=(bundle_ref,), batch_size=batch_size,
+                        concurrency=(1, max(1, params.workers_per_gpu) * actors["concurrency"]),
+                        num_cpus=PREPROCESS_CPUS)
+    ds = ds.map_batches(
+        DetectorActor,
+        fn_constructor_args=(bundle_ref, bool(gpu_ids), algorithm, params.conf_threshold,
+                             getattr(params, "class_distribution_scores", None) or None, task_id),
+        batch_size=batch_size, **actors)
+    yield from ds.iter_batches(batch_size=None, batch_format="numpy")

@@ -1,0 +1,112 @@
+"""``run_inference``: mining and/or infer over the candidate index, in ONE pass.
+
+The same forward pass gives the infer boxes and the mining score. The driver alone
+writes /out: ``result.tsv`` (every candidate, best first, bad images last) and
+``infer-result.json`` (every candidate, ``[]`` when nothing was found).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+
+from ray_app.infer.model import load_stage
+from ray_app.infer.pipeline import stream_results
+from ray_app.data.index import check_unique_basenames, read_index
+from ray_app.protocol.env import EnvConfig
+from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.hyperparams import inference_params
+from ray_app.protocol.monitor import Monitor
+from ray_app.protocol.writers import Annotation, Box, write_infer_result, write_mining_result
+from ray_app.ray_session import check_gpus, ray_session
+
+log = logging.getLogger(__name__)
+
+
+def to_annotations(detections_json: str, class_names: list[str], width: int, height: int) -> list[Annotation]:
+    """``[[x1, y1, x2, y2, score, label], ...]`` -> YMIR boxes: integers, clipped to the image."""
+    annotations = []
+    for x1, y1, x2, y2, score, label in json.loads(detections_json):
+        x1, x2 = min(max(x1, 0), width), min(max(x2, 0), width)
+        y1, y2 = min(max(y1, 0), height), min(max(y2, 0), height)
+        x, y = int(round(x1)), int(round(y1))
+        w, h = int(round(x2)) - x, int(round(y2)) - y
+        if w <= 0 or h <= 0 or not 0 <= int(label) < len(class_names):
+            continue
+        annotations.append(Annotation(class_name=class_names[int(label)], score=round(float(score), 6),
+                                      box=Box(x=x, y=y, w=w, h=h)))
+    return annotations
+
+
+class Progress:
+    """monitor.txt (at least every 1% or 10 s) and a text progress bar in the log."""
+
+    def __init__(self, monitor: Monitor, total: int, what: str) -> None:
+        self.monitor, self.total, self.what = monitor, total, what
+        self.done = 0
+        self.start = self.last_log = time.monotonic()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        fraction = self.done / self.total
+        self.monitor.progress(fraction)
+        now = time.monotonic()
+        if now - self.last_log >= 10 or self.done == self.total:
+            self.last_log = now
+            bar = "#" * int(fraction * 30)
+            rate = self.done / max(now - self.start, 1e-9)
+            log.info("%s [%-30s] %d/%d images (%.0f%%), %.1f images/s", self.what, bar, self.done, self.total,
+                     100 * fraction, rate)
+
+
+def run_inference(env: EnvConfig, monitor: Monitor) -> None:
+    """Mining, infer, or both (one pass), over the candidate index."""
+    params = inference_params(env)
+    algorithm = getattr(params, "mining_algorithm", None) if env.run_mining else None
+    weights = getattr(params, "class_distribution_scores", [])
+    if weights and len(weights) != len(params.class_names):
+        raise YmirError(ErrorCode.CONFIG, f"class_distribution_scores has {len(weights)} values for "
+                                          f"{len(params.class_names)} classes")
+    gpu_ids = check_gpus(params)
+    pairs = read_index(env.input.candidate_index_file, "candidate", with_annotations=False)
+    images = list(dict.fromkeys(p for p, _ in pairs))  # a repeated line is one image
+    if len(images) < len(pairs):
+        log.warning("candidate index repeats %d lines; each image is processed once", len(pairs) - len(images))
+    check_unique_basenames(images, "candidate")
+    bundle = load_stage(params, env.input.models_dir)
+    what = " + ".join(t for t, on in (("mining", env.run_mining), ("infer", env.run_infer)) if on)
+    log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
+
+    detections: dict[str, list[Annotation]] = {}
+    scores: list[tuple[str, float]] = []
+    bad: Counter = Counter()
+    bad_examples: dict[str, str] = {}
+    progress = Progress(monitor, len(images), what)
+    with ray_session(params.ray_address, gpu_ids):
+        for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):
+            for path, dets, score, error, height, width in zip(batch["path"], batch["detections"], batch["score"],
+                                                               batch["error"], batch["height"], batch["width"]):
+                path = str(path)
+                if error:
+                    kind = str(error).split(":")[0]
+                    bad[kind] += 1
+                    bad_examples.setdefault(kind, f"{path} ({error})")
+                if env.run_infer:
+                    detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
+                scores.append((path, float(score)))
+            progress.add(len(batch["path"]))
+    for kind, count in bad.items():
+        log.warning("%d candidate images could not be read (%s), e.g. %s: kept with no boxes, ranked last",
+                    count, kind, bad_examples[kind])
+    missing = set(images) - {p for p, _ in scores}
+    if missing:  # never expected: Ray retries lost work; fail rather than write a partial ranking
+        raise YmirError(ErrorCode.DATASET, f"{len(missing)} candidates got no result, e.g. {sorted(missing)[:3]}")
+    if env.run_mining:
+        write_mining_result(env.output.mining_result_file, scores, env.output.root_dir)
+        log.info("mining result: %s", env.output.mining_result_file)
+    if env.run_infer:
+        write_infer_result(env.output.infer_result_file, detections, env.output.root_dir, env.protocol_at_least_1)
+        log.info("infer result: %s (%d boxes)", env.output.infer_result_file,
+                 sum(len(v) for v in detections.values()))

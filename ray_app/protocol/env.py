@@ -1,0 +1,92 @@
+"""``env.yaml``: where the task's inputs are and where its outputs go.
+
+The path sections reuse ``ymir_exc.env``'s models (the platform's own SDK); this module
+adds what that old PyPI release drops: ``protocol_version`` (it decides the infer-result
+keyword) and the executor log file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+from ymir_exc import env as ymir_env
+
+from ray_app.protocol.errors import ErrorCode, YmirError
+
+DEFAULT_ENV_FILE = "/in/env.yaml"
+ENV_FILE_VARIABLE = "YMIR_ENV_FILE"
+
+
+class EnvInput(ymir_env.EnvInputConfig):
+    """``input:`` paths (absolute; index files not used by the task are ``''``)."""
+
+
+class EnvOutput(ymir_env.EnvOutputConfig):
+    """``output:`` paths, all under ``root_dir``."""
+
+    executor_log_file: str = "/out/ymir-executor-out.log"
+
+
+class EnvConfig(ymir_env.EnvConfig):
+    """The whole ``env.yaml``."""
+
+    protocol_version: str = ""
+    input: EnvInput = EnvInput()
+    output: EnvOutput = EnvOutput()
+    manifest_file: str = "/img-man/manifest.yaml"
+
+    @property
+    def protocol_at_least_1(self) -> bool:
+        """True for protocol 1.0.0 and later: infer results use ``boxes``, else ``annotations``."""
+        return version_tuple(self.protocol_version) >= (1, 0, 0)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``'1.1.0'`` -> ``(1, 1, 0)``; an empty or odd version counts as ``(0,)`` (oldest)."""
+    parts = []
+    for piece in str(version or "").strip().split("."):
+        if not piece.isdigit():
+            break
+        parts.append(int(piece))
+    return tuple(parts) or (0,)
+
+
+def env_file_path(explicit: str | None = None) -> Path:
+    """The env file: ``explicit``, else ``$YMIR_ENV_FILE``, else ``/in/env.yaml``."""
+    return Path(explicit or os.environ.get(ENV_FILE_VARIABLE) or DEFAULT_ENV_FILE)
+
+
+def load_env(path: str | os.PathLike) -> EnvConfig:
+    """Read and validate ``env.yaml``; every failure is a :class:`YmirError` (300001)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise YmirError(ErrorCode.CONFIG, f"env file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise YmirError(ErrorCode.CONFIG, f"env file {path} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        raise YmirError(ErrorCode.CONFIG, f"env file {path} is not valid YAML: {_first_line(e)}") from None
+    if not isinstance(raw, dict):
+        raise YmirError(ErrorCode.CONFIG, f"env file {path} must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return EnvConfig.model_validate(raw)
+    except ValidationError as e:
+        raise YmirError(ErrorCode.CONFIG, f"env file {path}: {describe_validation_error(e)}") from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One readable line per pydantic error: ``field: message (got value)``, joined by '; '."""
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "value"
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item else ""
+        parts.append(f"{where}: {item['msg']}{got}")
+    return "; ".join(parts)
+
+
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())

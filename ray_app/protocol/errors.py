@@ -1,0 +1,51 @@
+"""YMIR error codes, and the one exception type the entry turns into ``monitor.txt``."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """The codes the platform knows (see shared/ymir-protocol.md)."""
+
+    CONFIG = 300001
+    DATASET = 300002
+    IMAGE = 300003
+    MODEL = 300004
+    GPU_MISMATCH = 300101
+    NO_GPU = 300102
+    OUT_OF_MEMORY = 300103
+    NAN_LOSS = 300201
+    NETWORK = 300301
+
+
+class YmirError(Exception):
+    """A failure the user can act on: a code for the platform and one readable line.
+
+    Raise it wherever the cause is known; the entry point writes it to ``monitor.txt``
+    (state 4) and exits non-zero. Anything else that escapes is reported as the most
+    likely code for the task with its traceback.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = ErrorCode(code)
+        self.message = " ".join(message.split())  # one line, always
+
+
+def classify(error: BaseException) -> ErrorCode:
+    """The most likely YMIR code for an exception nobody turned into a :class:`YmirError`.
+
+    Ray wraps worker exceptions (``RayTaskError``, ``TrainingFailedError``); their text
+    still carries the original's, which is what is matched here.
+    """
+    text = f"{type(error).__name__}: {error}".lower()
+    if "out of memory" in text or "outofmemory" in text:
+        return ErrorCode.OUT_OF_MEMORY
+    if "no cuda gpus are available" in text or "found no nvidia driver" in text:
+        return ErrorCode.NO_GPU
+    if "cuda" in text:
+        return ErrorCode.GPU_MISMATCH
+    if "nan" in text.split() or "loss is nan" in text:
+        return ErrorCode.NAN_LOSS
+    return ErrorCode.CONFIG

@@ -1,0 +1,213 @@
+"""Hyperparameters: the image's template defaults, then the task's ``config.yaml``.
+
+The templates in ``img-man/`` are the ONE place defaults live (the platform shows them to
+users); the pydantic models here only say what a valid value is. A wrong value becomes
+one readable line with error 300001.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ray_app.protocol.env import EnvConfig, describe_validation_error
+from ray_app.protocol.errors import ErrorCode, YmirError
+
+TEMPLATE_DIR_VARIABLE = "RAY_APP_IMG_MAN"
+EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
+MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
+
+
+class CommonParams(BaseModel):
+    """Fields every task reads. Unknown fields are kept (the platform adds its own)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task_id: str = ""
+    gpu_id: str = ""
+    class_names: list[str] = Field(min_length=1)
+    img_size: int = Field(ge=32)
+    samples_per_gpu: int = Field(ge=1)
+    workers_per_gpu: int = Field(ge=0)
+    cpu_num_workers: int = Field(ge=1)
+    ray_address: str = ""
+
+    @field_validator("gpu_id", mode="before")
+    @classmethod
+    def _gpu_id_as_text(cls, value: Any) -> str:
+        """The platform writes ``'0,1'``; a bare ``0`` in YAML is an int. None = CPU."""
+        return "" if value is None else str(value).strip()
+
+    @field_validator("class_names")
+    @classmethod
+    def _names_unique(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("class names must be unique")
+        if any(not str(n).strip() for n in names):
+            raise ValueError("class names must not be empty")
+        return names
+
+    @property
+    def gpu_ids(self) -> list[int]:
+        """GPU indices as the container sees them (``'0,1'`` -> ``[0, 1]``); empty = CPU."""
+        try:
+            return [int(g) for g in self.gpu_id.replace(" ", "").split(",") if g != ""]
+        except ValueError:
+            raise YmirError(ErrorCode.CONFIG, f"gpu_id must be comma-separated integers, got {self.gpu_id!r}") from None
+
+
+class TrainingParams(CommonParams):
+    """``training-template.yaml`` plus what the platform adds for training."""
+
+    model_name: str
+    export_format: str
+    max_epochs: int = Field(ge=1)
+    val_interval: int = Field(ge=1)
+    max_keep_checkpoints: int = Field(ge=-1)
+    learning_rate: float = Field(ge=0)
+    find_unused_parameters: bool = False
+    cfg_options: str = ""
+    args_options: str = ""
+    ymir_saved_file_patterns: str = ""
+    pretrained_model_params: list[str] = []
+
+    @field_validator("export_format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        value = str(value).strip().lower()
+        if value not in EXPORT_FORMATS:
+            raise ValueError(f"must be one of {', '.join(EXPORT_FORMATS)}")
+        return value
+
+    @field_validator("max_keep_checkpoints")
+    @classmethod
+    def _not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (keep all) or at least 1")
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        from ray_app.train.zoo import config_path  # raises YmirError listing valid names
+
+        config_path(value)
+        return value
+
+    @field_validator("cfg_options", "args_options", "ymir_saved_file_patterns", mode="before")
+    @classmethod
+    def _none_is_empty_text(cls, value: Any) -> Any:
+        return "" if value is None else value
+
+    @field_validator("pretrained_model_params", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        """The platform gives a list of ``STAGE/FILE``; tolerate one string or nothing."""
+        if value in (None, ""):
+            return []
+        return [value] if isinstance(value, str) else value
+
+
+class InferParams(CommonParams):
+    """``infer-template.yaml`` plus the model stage the platform hands over."""
+
+    conf_threshold: float = Field(ge=0, le=1)
+    iou_threshold: float = Field(gt=0, le=1)
+    model_params_path: list[str] = Field(min_length=1)
+
+    @field_validator("model_params_path", mode="before")
+    @classmethod
+    def _as_list(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return []
+        return [value] if isinstance(value, str) else value
+
+
+class MiningParams(InferParams):
+    """``mining-template.yaml``: the inference fields and the scoring algorithm."""
+
+    mining_algorithm: Literal["random", "entropy", "aldd", "cald"]
+    class_distribution_scores: list[float] = []
+
+    @field_validator("mining_algorithm", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return str(value).strip().lower() if value is not None else value
+
+    @field_validator("class_distribution_scores", mode="before")
+    @classmethod
+    def _empty_list(cls, value: Any) -> Any:
+        return [] if value in (None, "") else value
+
+
+def template_dir() -> Path:
+    """``$RAY_APP_IMG_MAN``, else ``/img-man`` (in the image), else the repo's ``img-man/``."""
+    explicit = os.environ.get(TEMPLATE_DIR_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    if Path("/img-man/training-template.yaml").is_file():
+        return Path("/img-man")
+    return Path(__file__).resolve().parents[2] / "img-man"
+
+
+def load_template(name: str) -> dict[str, Any]:
+    """The defaults of ``{name}-template.yaml`` (training, mining or infer)."""
+    path = template_dir() / f"{name}-template.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def read_config_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """The task's ``config.yaml`` as a mapping; every failure is error 300001."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise YmirError(ErrorCode.CONFIG, f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise YmirError(ErrorCode.CONFIG, f"config file {path} cannot be read: {e}") from None
+    except yaml.YAMLError as e:
+        raise YmirError(ErrorCode.CONFIG, f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise YmirError(ErrorCode.CONFIG, f"config file {path} must be a YAML mapping, got {type(raw).__name__}")
+    return raw
+
+
+def merged_config(templates: list[str], config_file: str | os.PathLike) -> dict[str, Any]:
+    """Template defaults (later templates win), then ``config.yaml`` on top."""
+    merged: dict[str, Any] = {}
+    for name in templates:
+        merged.update(load_template(name))
+    merged.update(read_config_yaml(config_file))
+    return merged
+
+
+def _validate(model: type[BaseModel], values: dict[str, Any], config_file: str) -> Any:
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        raise YmirError(ErrorCode.CONFIG, f"{config_file}: {describe_validation_error(e)}") from None
+
+
+def training_params(env: EnvConfig) -> TrainingParams:
+    """Hyperparameters of a training task."""
+    values = merged_config(["training"], env.input.config_file)
+    return _validate(TrainingParams, values, env.input.config_file)
+
+
+def inference_params(env: EnvConfig) -> InferParams | MiningParams:
+    """Hyperparameters of a mining and/or infer task.
+
+    With both flags set, the infer template's defaults are read first and the mining
+    template's on top: one pass serves both, with mining's thresholds.
+    """
+    if env.run_mining:
+        values = merged_config(["infer", "mining"], env.input.config_file)
+        return _validate(MiningParams, values, env.input.config_file)
+    values = merged_config(["infer"], env.input.config_file)
+    return _validate(InferParams, values, env.input.config_file)

@@ -1,0 +1,1 @@
+"""Training: Ray Train's TorchTrainer runs the mmengine Runner on every worker."""

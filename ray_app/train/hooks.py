@@ -1,0 +1,98 @@
+"""The mmengine hook that connects a Runner inside a Ray Train worker to YMIR and Ray.
+
+At every validation it (on rank 0) turns the checkpoint mmengine just saved into a
+weights-only YMIR stage sent to the driver, and (on all ranks) reports to Ray Train, with
+the resume state as a Ray checkpoint so a restarted worker group resumes from it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from mmengine.hooks import Hook
+
+from ray_app.checkpoints import resume_checkpoint, stage_checkpoint, to_bytes
+from ray_app.protocol.errors import ErrorCode, YmirError
+
+METRIC = "coco/bbox_mAP"
+RESUME_FILE = "resume.pth"
+
+
+class YmirTrainHook(Hook):
+    """See the module docstring. Registered with the LOWEST priority, so it sees the
+    checkpoint after the EMA hook swapped the averaged weights in, and the metrics after
+    every evaluator finished."""
+
+    priority = "LOWEST"
+
+    def __init__(self, outputs: Any, tensorboard_dir: Path, saved_file_pattern: str = "",
+                 progress_interval_s: float = 2.0) -> None:
+        self.outputs = outputs
+        self.tensorboard_dir = Path(tensorboard_dir)
+        self.saved_file_pattern = re.compile(saved_file_pattern) if saved_file_pattern else None
+        self.progress_interval_s = progress_interval_s
+        self._last_progress = 0.0
+        self._checkpoint: dict[str, Any] | None = None
+
+    @staticmethod
+    def _is_rank0() -> bool:
+        return ray.train.get_context().get_world_rank() == 0
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        loss = (outputs or {}).get("loss")
+        if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss)):
+            raise YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss)} at iteration "
+                                                f"{runner.iter + 1}; try a smaller learning_rate")
+        now = time.monotonic()
+        if self._is_rank0() and now - self._last_progress >= self.progress_interval_s:
+            self._last_progress = now
+            self.outputs.progress.remote((runner.iter + 1) / runner.max_iters)
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._checkpoint = dict(checkpoint)  # rank 0 only: mmengine saves on the master
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        mAP = max(0.0, float((metrics or {}).get(METRIC, 0.0)))
+        epoch = runner.epoch
+        checkpoint, self._checkpoint = self._checkpoint, None
+        with tempfile.TemporaryDirectory() as tmp:
+            ray_checkpoint = None
+            if self._is_rank0() and checkpoint is not None:
+                stage = to_bytes(stage_checkpoint(checkpoint))
+                ray.get(self.outputs.publish.remote(epoch, mAP, stage, self._extra_files(runner)))
+                self._ship_tensorboard(runner)
+                (Path(tmp) / RESUME_FILE).write_bytes(to_bytes(resume_checkpoint(checkpoint)))
+                ray_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, "mAP": mAP}, checkpoint=ray_checkpoint)
+
+    def after_train(self, runner) -> None:
+        if self._is_rank0():
+            self._ship_tensorboard(runner)
+
+    def _extra_files(self, runner) -> dict[str, bytes]:
+        """Files of the work dir matching ``ymir_saved_file_patterns``, for every stage."""
+        if self.saved_file_pattern is None:
+            return {}
+        found = {}
+        for path in Path(runner.work_dir).rglob("*"):
+            if path.is_file() and self.saved_file_pattern.search(path.name) and not path.name.endswith(".pth"):
+                found[path.name] = path.read_bytes()
+        return found
+
+    def _ship_tensorboard(self, runner) -> None:
+        for backend in getattr(runner.visualizer, "_vis_backends", {}).values():
+            writer = getattr(backend, "_tensorboard", None)
+            if writer is not None:
+                writer.flush()
+        files = {str(p.relative_to(self.tensorboard_dir)): p.read_bytes()
+                 for p in self.tensorboard_dir.rglob("*") if p.is_file()}
+        if files:
+            ray.get(self.outputs.tensorboard.remote(files))

@@ -1,0 +1,117 @@
+"""``run_training``: YMIR training task -> Ray Train workers running the mmengine Runner.
+
+Flow: validate hyperparameters -> convert the YMIR datasets to COCO under /out -> build
+the mmengine config -> start/join Ray -> TorchTrainer with N workers (one per GPU, else
+``cpu_num_workers`` on CPU) -> stages land in /out/models as validations complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from ray_app.data.coco import to_coco
+from ray_app.data.index import read_index
+from ray_app.protocol.env import EnvConfig
+from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.hyperparams import TrainingParams, training_params
+from ray_app.protocol.monitor import Monitor
+from ray_app.ray_session import check_gpus, on_this_node, ray_session
+from ray_app.train.config import build_config, evaluate_config, parse_cfg_options, set_warmup
+from ray_app.train.outputs import TrainingOutputsActor
+from ray_app.train.pretrained import pretrained_weights
+from ray_app.train.worker import train_worker
+from ray_app.train.zoo import config_path
+
+log = logging.getLogger(__name__)
+
+#: Ray Train restarts the worker group this many times after a worker dies
+MAX_FAILURES = 3
+
+
+def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
+    """One worker per GPU, else ``cpu_num_workers`` CPU workers; checked against the cluster."""
+    if gpu_ids:
+        return ScalingConfig(num_workers=len(gpu_ids), use_gpu=True, resources_per_worker={"GPU": 1, "CPU": 1})
+    available = ray.cluster_resources().get("CPU", 0)
+    if params.cpu_num_workers > available:
+        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} needs {params.cpu_num_workers} "
+                                          f"CPUs but the Ray cluster has {available:g}")
+    return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": 1})
+
+
+def _ymir_error_in(error: BaseException) -> YmirError | None:
+    """The YmirError a worker raised, if any: Ray wraps it, keeping its text."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, YmirError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    text = str(error)
+    for code in ErrorCode:
+        if f"YmirError" in text and str(int(code)) in text:
+            return YmirError(code, text.split("YmirError:")[-1].strip().splitlines()[0])
+    if "NAN_LOSS" in text or "loss became nan" in text:
+        return YmirError(ErrorCode.NAN_LOSS, "the training loss became NaN")
+    return None
+
+
+def run_training(env: EnvConfig, monitor: Monitor) -> None:
+    """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
+    params = training_params(env)
+    gpu_ids = check_gpus(params)
+    out_root = Path(env.output.root_dir)
+    scratch = out_root / "ray_app"
+    train_pairs = read_index(env.input.training_index_file, "training", with_annotations=True)
+    val_pairs = read_index(env.input.val_index_file, "validation", with_annotations=True)
+    train_report = to_coco(train_pairs, params.class_names, params.export_format, scratch / "data" / "train.json",
+                           out_root, "training")
+    to_coco(val_pairs, params.class_names, params.export_format, scratch / "data" / "val.json", out_root, "validation")
+    if train_report.boxes == 0:
+        raise YmirError(ErrorCode.DATASET, f"the training set has no usable box in {train_report.images} images: "
+                                           "nothing to learn")
+    monitor.progress(0.01, force=True)
+
+    cfg = build_config(params, scratch / "data" / "train.json", scratch / "data" / "val.json", scratch / "work")
+    world = len(gpu_ids) or params.cpu_num_workers
+    iters_per_epoch = math.ceil(train_report.images / (params.samples_per_gpu * world))
+    set_warmup(cfg, iters_per_epoch * params.max_epochs)
+    if "load_from" not in parse_cfg_options(params.cfg_options):
+        start = pretrained_weights(params.pretrained_model_params, env.input.models_dir,
+                                   config_path(params.model_name), scratch / "pretrained.pth", str(out_root))
+        cfg.load_from = str(start) if start else None
+    config_name = f"{params.model_name}_config.py"
+    config_text = cfg.pretty_text
+
+    with ray_session(params.ray_address, gpu_ids):
+        outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
+            env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, config_text)
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"cfg": cfg, "use_gpu": bool(gpu_ids), "work_root": str(scratch / "work"),
+                               "outputs": outputs, "saved_file_pattern": params.ymir_saved_file_patterns},
+            scaling_config=scaling(params, gpu_ids),
+            run_config=RunConfig(
+                name=f"ymir-{env.task_id}",
+                storage_path=str(scratch / "ray_results"),
+                failure_config=FailureConfig(max_failures=MAX_FAILURES),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        log.info("training %s on %d %s worker(s), %d epochs", params.model_name, world,
+                 "GPU" if gpu_ids else "CPU", params.max_epochs)
+        try:
+            trainer.fit()
+        except Exception as e:
+            raise _ymir_error_in(e) or e
+        stages = ray.get(outputs.summary.remote())
+    if not stages:
+        raise YmirError(ErrorCode.CONFIG, "training ended without a validated model stage")
+    shutil.rmtree(scratch / "ray_results", ignore_errors=True)  # resume state: not needed any more
+    log.info("training done: stages %s", stages)

@@ -1,0 +1,68 @@
+"""What each Ray Train worker runs: an mmengine Runner in Ray Train's process group."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from ray_app.train.hooks import RESUME_FILE, YmirTrainHook
+
+
+def local_work_dir(preferred: str, rank: int) -> Path:
+    """This worker's scratch folder: under the run's work root where this node can write
+    it (one machine: under /out), else the node's temp dir (a remote node)."""
+    for root in (Path(preferred), Path(tempfile.gettempdir()) / "ray_app"):
+        try:
+            path = root / f"rank{rank}"
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        except OSError:
+            continue
+    raise OSError("no writable work dir")
+
+
+def adapt_to_device(cfg: Config, use_gpu: bool) -> None:
+    """Ray Train already created the process group: ``launcher='pytorch'`` makes mmengine
+    reuse it. On CPU, DDP must not get ``device_ids`` and SyncBatchNorm cannot run."""
+    cfg.launcher = "pytorch"
+    cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if use_gpu else "gloo"
+    if not use_gpu:
+        cfg.model_wrapper_cfg["device_ids"] = None
+        cfg.model.use_syncbn = False
+        cfg.env_cfg.cudnn_benchmark = False
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's ``train_loop_per_worker``: build the Runner, resume if Ray restarted us."""
+    cfg: Config = config["cfg"].copy()
+    rank = ray.train.get_context().get_world_rank()
+    use_gpu = torch.cuda.is_available() and config["use_gpu"]
+    adapt_to_device(cfg, use_gpu)
+    work_dir = local_work_dir(config["work_root"], rank)
+    cfg.work_dir = str(work_dir)
+    tensorboard_dir = work_dir / "tensorboard"
+    for backend in cfg.visualizer.vis_backends:
+        if backend["type"] == "TensorboardVisBackend":
+            backend["save_dir"] = str(tensorboard_dir)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # Ray restarted the worker group after a failure
+        with checkpoint.as_directory() as folder:
+            shutil.copy(Path(folder) / RESUME_FILE, work_dir / RESUME_FILE)
+        cfg.load_from = str(work_dir / RESUME_FILE)
+        cfg.resume = True
+        print(f"[rank {rank}] resuming from the last Ray Train checkpoint", flush=True)
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(config.get("threads", 1)))
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(YmirTrainHook(config["outputs"], tensorboard_dir, config.get("saved_file_pattern", "")),
+                         priority="LOWEST")
+    runner.train()

@@ -1,0 +1,81 @@
+"""Shared fixtures: YMIR workspaces built in temp dirs, the real entry run as the platform
+runs it (a subprocess with ``YMIR_ENV_FILE``), and a model trained once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_app.data.sample import SampleData, make_dataset, write_task
+
+REPO = Path(__file__).resolve().parents[1]
+CLASS_NAMES = ["square", "disc", "triangle"]
+
+
+@dataclass
+class Run:
+    """One run of the entry: its exit code, output, and the task's out dir."""
+
+    returncode: int
+    output: str
+    out: Path
+
+    def monitor(self) -> list[str]:
+        """The first line of monitor.txt, split on tabs."""
+        return (self.out / "monitor.txt").read_text().splitlines()[0].split("\t")
+
+
+def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | None = None) -> Run:
+    """``python -m ray_app`` with the env file, as /usr/bin/start.sh runs it."""
+    env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    out = Path(yaml.safe_load(Path(env_file).read_text())["output"]["root_dir"])
+    return Run(proc.returncode, proc.stdout + proc.stderr, out)
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> SampleData:
+    """A small synthetic dataset: 48 train, 16 val, 12 candidate images of 128 px."""
+    return make_dataset(tmp_path_factory.mktemp("sample"), n_train=48, n_val=16, n_candidates=12, image_size=128)
+
+
+TRAIN_CONFIG = dict(model_name="yolov8_n", img_size=128, max_epochs=20, samples_per_gpu=4, workers_per_gpu=0,
+                    cpu_num_workers=2, val_interval=5, max_keep_checkpoints=1, learning_rate=0.01)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, sample) -> Run:
+    """A real training run through the entry: yolov8_n, 2 CPU Ray Train workers."""
+    env_file = write_task(tmp_path_factory.mktemp("train"), sample, run_training=True, config=TRAIN_CONFIG)
+    run = run_entry(env_file)
+    assert run.returncode == 0, run.output[-5000:]
+    return run
+
+
+def best_stage_files(trained: Run) -> tuple[Path, list[str]]:
+    """models_dir and the best stage's ``STAGE/FILE`` entries, as the platform hands them on."""
+    models = trained.out / "models"
+    result = yaml.safe_load((models / "result.yaml").read_text())
+    best = result["best_stage_name"]
+    return models, [f"{best}/{f}" for f in result["model_stages"][best]["files"]]
+
+
+@pytest.fixture()
+def infer_task(tmp_path, sample, trained):
+    """Build an inference/mining workspace over the sample's candidates with the best stage."""
+    models, files = best_stage_files(trained)
+
+    def make(run_mining: bool, run_infer: bool, data: SampleData | None = None, **config) -> Path:
+        base = dict(model_params_path=files, img_size=128, samples_per_gpu=4, cpu_num_workers=1)
+        return write_task(tmp_path / "task", data or sample, run_mining=run_mining, run_infer=run_infer,
+                          models_dir=models, config={**base, **config})
+
+    return make

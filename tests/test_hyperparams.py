@@ -1,0 +1,98 @@
+"""Hyperparameters: template defaults, then config.yaml; bad values are error 300001."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_app.protocol.env import EnvConfig
+from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.hyperparams import (MiningParams, inference_params, load_template, template_dir,
+                                          training_params)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env_with_config(tmp_path: Path, config: dict, mining=False, infer=False, training=False) -> EnvConfig:
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return EnvConfig.model_validate({"task_id": "t", "run_training": training, "run_mining": mining, "run_infer": infer,
+                                     "input": {"config_file": str(tmp_path / "config.yaml")}})
+
+
+def test_templates_come_from_the_repo():
+    assert template_dir() == REPO / "img-man"
+
+
+@pytest.mark.parametrize("name", ["training", "mining", "infer"])
+def test_every_template_key_has_a_comment(name):
+    lines = (REPO / "img-man" / f"{name}-template.yaml").read_text().splitlines()
+    keys = [i for i, line in enumerate(lines) if re.match(r"^[a-z_]+:", line)]
+    assert keys
+    for i in keys:
+        assert lines[i - 1].startswith("#"), f"{name}: {lines[i]!r} has no comment above it"
+
+
+def test_manifest_is_detection():
+    assert yaml.safe_load((REPO / "img-man" / "manifest.yaml").read_text()) == {"object_type": 2}
+
+
+def test_training_defaults_then_config(tmp_path):
+    env = env_with_config(tmp_path, {"class_names": ["a", "b"], "max_epochs": 7, "gpu_id": 0}, training=True)
+    params = training_params(env)
+    template = load_template("training")
+    assert params.max_epochs == 7
+    assert params.model_name == template["model_name"] and params.img_size == template["img_size"] == 640
+    assert params.gpu_id == "0" and params.gpu_ids == [0]
+    assert params.ray_address == "" and params.cpu_num_workers == 1
+
+
+def test_mining_and_infer_take_mining_thresholds(tmp_path):
+    env = env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": "s/w.pth"}, mining=True, infer=True)
+    params = inference_params(env)
+    assert isinstance(params, MiningParams)
+    assert params.conf_threshold == load_template("mining")["conf_threshold"]
+    assert params.model_params_path == ["s/w.pth"]
+    infer_only = inference_params(env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"]},
+                                                  infer=True))
+    assert infer_only.conf_threshold == load_template("infer")["conf_threshold"]
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"max_epochs": "ten"}, "max_epochs"),
+    ({"max_epochs": 0}, "max_epochs"),
+    ({"samples_per_gpu": -2}, "samples_per_gpu"),
+    ({"model_name": "no_such_model"}, "yolov8_n"),          # the error lists the valid names
+    ({"class_names": []}, "class_names"),
+    ({"export_format": "coco"}, "export_format"),
+    ({"max_keep_checkpoints": 0}, "max_keep_checkpoints"),
+    ({"class_names": ["a", "a"]}, "unique"),
+])
+def test_bad_training_values(tmp_path, override, needle):
+    env = env_with_config(tmp_path, {"class_names": ["a", "b"], **override}, training=True)
+    with pytest.raises(YmirError) as error:
+        training_params(env)
+    assert error.value.code == ErrorCode.CONFIG
+    assert needle in error.value.message and "\n" not in error.value.message
+
+
+@pytest.mark.parametrize("override,needle", [
+    ({"mining_algorithm": "magic"}, "mining_algorithm"),
+    ({"conf_threshold": 1.5}, "conf_threshold"),
+    ({"model_params_path": []}, "model_params_path"),
+])
+def test_bad_mining_values(tmp_path, override, needle):
+    env = env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"], **override}, mining=True)
+    with pytest.raises(YmirError) as error:
+        inference_params(env)
+    assert error.value.code == ErrorCode.CONFIG and needle in error.value.message
+
+
+def test_unreadable_config_is_300001(tmp_path):
+    (tmp_path / "config.yaml").write_text("class_names: [a\n")
+    env = EnvConfig.model_validate({"run_training": True, "input": {"config_file": str(tmp_path / "config.yaml")}})
+    with pytest.raises(YmirError) as error:
+        training_params(env)
+    assert error.value.code == ErrorCode.CONFIG and "not valid YAML" in error.value.message

@@ -1,0 +1,96 @@
+"""Training through the real entry: 2 Ray Train CPU workers, outputs read as the platform
+reads them; and a worker killed mid-run makes Ray resume from the last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mmengine.config import Config
+
+from conftest import REPO, TRAIN_CONFIG, Run
+from ray_app.data.sample import write_task
+
+pytestmark = pytest.mark.slow
+
+
+def test_training_outputs(trained: Run):
+    fields = trained.monitor()
+    assert fields[2:4] == ["1.0000", "3"]
+    result = yaml.safe_load((trained.out / "models" / "result.yaml").read_text())
+    stages = result["model_stages"]
+    # max_keep_checkpoints=1: the best and the newest; validations at epochs 5, 10, 15, 20
+    assert "epoch_20" in stages and result["best_stage_name"] in stages and 1 <= len(stages) <= 2
+    assert result["mAP"] == stages[result["best_stage_name"]]["mAP"]
+    assert 0 < result["mAP"] <= 1, "the model learnt nothing in 20 epochs"
+    assert set(result["evaluate_config"]) == {"iou_thr", "conf_thr"}
+    for name, stage in stages.items():
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) and stage["stage_name"] == name
+        assert isinstance(stage["timestamp"], int) and 0 <= stage["mAP"] <= 1
+        files = [trained.out / "models" / name / f for f in stage["files"]]
+        assert all(f.is_file() and not f.is_symlink() for f in files)
+        weights = [f for f in files if f.suffix == ".pth"]
+        configs = [f for f in files if f.suffix == ".py"]
+        assert len(weights) == 1 and len(configs) == 1
+        checkpoint = torch.load(weights[0], weights_only=True)  # loads without unpickling code
+        assert checkpoint["meta"]["dataset_meta"]["classes"] == ("square", "disc", "triangle")
+        cfg = Config.fromfile(str(configs[0]))
+        assert cfg.train_cfg.max_epochs == 20 and cfg.model.bbox_head.head_module.num_classes == 3
+    assert {p.name for p in (trained.out / "models").iterdir() if p.is_dir()} == set(stages)  # pruned on disk too
+    events = list((trained.out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and all(e.stat().st_size > 0 for e in events)
+    assert "resuming" not in trained.output
+
+
+def test_tensorboard_has_loss_and_map(trained: Run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event_file in (trained.out / "tensorboard").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(event_file))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"loss", "lr", "coco/bbox_mAP", "coco/bbox_mAP_50"} <= tags, tags
+
+
+def _train_worker_pids(log_text: str) -> list[int]:
+    """Live Ray Train worker processes, from Ray's log prefixes ``(RayTrainWorker pid=N)``."""
+    pids = sorted({int(p) for p in re.findall(r"RayTrainWorker pid=(\d+)", log_text)})
+    return [p for p in pids if Path(f"/proc/{p}").exists()]
+
+
+def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
+    """Kill a Train worker after the first Ray checkpoint: training resumes from it."""
+    config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 6, "val_interval": 2}
+    env_file = write_task(tmp_path, sample, run_training=True, config=config)
+    env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
+    log = tmp_path / "log.txt"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=sink,
+                                stderr=subprocess.STDOUT)
+        out = tmp_path / "out"
+        deadline = time.monotonic() + 300
+        while not (out / "models" / "epoch_2").is_dir():  # the first validation is published
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(1.0)  # let the Ray checkpoint land, then die mid-epoch 3
+        victims = _train_worker_pids(log.read_text())
+        assert victims, "no Ray Train worker process found"
+        os.kill(victims[-1], signal.SIGKILL)
+        assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
+    text = log.read_text()
+    assert "resuming from the last Ray Train checkpoint" in text
+    after = text.split("resuming from the last Ray Train checkpoint", 1)[1]
+    epochs = [int(e) for e in re.findall(r"Epoch\(train\)\s+\[(\d+)\]", after)]
+    assert epochs and min(epochs) >= 3, f"restarted from scratch: {sorted(set(epochs))}"
+    result = yaml.safe_load((out / "models" / "result.yaml").read_text())
+    assert "epoch_6" in result["model_stages"]
+    assert (out / "monitor.txt").read_text().split("\t")[3].strip() == "3"
