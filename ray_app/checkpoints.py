@@ -7,15 +7,20 @@ Trust decisions, deliberately:
   objects, numpy arrays and a pickled ``getattr``) is dropped from resume state: the
   loss-smoothing windows restart after a resume, nothing else changes.
 - Files from ``/in/models`` (the user's, or foreign mmyolo checkpoints) are read with
-  ``weights_only=True`` and an allowlist of mmengine's ``HistoryBuffer`` and plain numpy
-  array reconstruction, nothing else. A file that needs more is refused (error 300004).
+  ``weights_only=True``, or, for full mmengine checkpoints, with an allowlist unpickler:
+  tensors, dtypes, plain containers and numpy arrays; mmengine's ``HistoryBuffer`` and the
+  ``getattr`` it pickles become inert stand-ins. Any other global is refused (error 300004).
 """
 
 from __future__ import annotations
 
+import codecs
+import collections
 import io
 import os
 import pickle
+import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +34,84 @@ EMPTY_MESSAGE_HUB = {"log_scalars": {}, "runtime_info": {}, "resumed_keys": {}}
 STAGE_META_KEYS = ("epoch", "iter", "seed", "experiment_name", "time", "mmengine_version", "dataset_meta")
 
 
-def _allowed_globals() -> list[Any]:
-    from mmengine.logging.history_buffer import HistoryBuffer
+class _Dropped:
+    """Stands in for objects loading weights never needs (mmengine's ``HistoryBuffer``)."""
 
-    return [HistoryBuffer, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
-            np._core.multiarray.scalar, type(np.dtype("float64")), type(np.dtype("int64"))]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _no_getattr(obj: Any, name: str) -> None:
+    """``HistoryBuffer`` pickles its statistics methods as ``getattr(cls, name)``; the real
+    ``getattr`` would let a file reach any attribute, so it is replaced by this."""
+    return None
+
+
+def _allowlist() -> dict[str, Any]:
+    """``module.name`` -> object: tensors, dtypes, plain containers, numpy arrays."""
+    import torch._utils as torch_utils
+
+    allowed: dict[str, Any] = {
+        "collections.OrderedDict": collections.OrderedDict, "builtins.set": set, "builtins.frozenset": frozenset,
+        "builtins.slice": slice, "builtins.complex": complex, "builtins.bytearray": bytearray,
+        "_codecs.encode": codecs.encode, "torch.Size": torch.Size, "torch.device": torch.device,
+        "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype,
+        "numpy._core.multiarray._reconstruct": np._core.multiarray._reconstruct,
+        "numpy.core.multiarray._reconstruct": np._core.multiarray._reconstruct,
+        "numpy._core.multiarray.scalar": np._core.multiarray.scalar,
+        "numpy.core.multiarray.scalar": np._core.multiarray.scalar,
+        "mmengine.logging.history_buffer.HistoryBuffer": _Dropped,
+        "builtins.getattr": _no_getattr, "__builtin__.getattr": _no_getattr,
+    }
+    allowed.update({f"torch._utils.{n}": getattr(torch_utils, n) for n in dir(torch_utils) if n.startswith("_rebuild")})
+    allowed.update({f"torch.{n}": getattr(torch, n) for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)})
+    allowed.update({f"numpy.dtypes.{n}": getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")})
+    return allowed
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    """Resolves only the globals of :func:`_allowlist`; anything else stops the load."""
+
+    allowed = _allowlist()
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = f"{module}.{name}"
+        if key in self.allowed:
+            return self.allowed[key]
+        raise pickle.UnpicklingError(f"Unsupported global: {key}")
+
+
+#: a ``pickle_module`` for ``torch.load``: torch only uses its ``Unpickler`` and ``load``
+allowlist_pickle = types.SimpleNamespace(Unpickler=_AllowlistUnpickler, load=pickle.load,
+                                         __name__="ray_app.allowlist_pickle")
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint from ``/in`` or anywhere untrusted, as a dict, without running code.
 
-    Missing, damaged or refused files are error 300004 naming the file.
+    First ``weights_only=True`` (torch's own safe loader); for mmengine checkpoints that
+    carry a message hub, ``torch.load`` with our allowlist unpickler, which resolves no
+    global outside :func:`_allowlist` (the message hub's objects become inert stand-ins).
+    ``weights_only=False`` is passed only because torch requires it with a custom
+    ``pickle_module``; no arbitrary global can be reached. Missing, damaged or refused
+    files are error 300004 naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise YmirError(ErrorCode.MODEL, f"model file {path} does not exist")
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=allowlist_pickle)
     except pickle.UnpicklingError as e:
-        reason = str(e).split("\n")[0] if "Unsupported global" not in str(e) else \
-            "it holds pickled objects that are not tensors (" + str(e).split("Unsupported global:")[-1].split("\n")[0].strip() + ")"
+        found = re.search(r"Unsupported global: (\S+)", str(e))
+        reason = f"it holds a pickled {found.group(1)}, which is not allowed" if found else str(e).splitlines()[0]
         raise YmirError(ErrorCode.MODEL, f"model file {path} was refused: {reason}") from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
                                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if isinstance(checkpoint, dict) and "state_dict" not in checkpoint and all(

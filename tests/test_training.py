@@ -94,3 +94,22 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
     result = yaml.safe_load((out / "models" / "result.yaml").read_text())
     assert "epoch_6" in result["model_stages"]
     assert (out / "monitor.txt").read_text().split("\t")[3].strip() == "3"
+
+
+def test_training_from_a_pretrained_stage(tmp_path, sample, trained: Run):
+    """``pretrained_model_params`` as the platform gives it (STAGE/FILE under models_dir):
+    the run starts from those weights, so its first validation is already good."""
+    from conftest import best_stage_files
+
+    models, files = best_stage_files(trained)
+    config = {**TRAIN_CONFIG, "max_epochs": 1, "val_interval": 1, "cpu_num_workers": 1,
+              "pretrained_model_params": files}
+    run_env = write_task(tmp_path, sample, run_training=True, config=config, models_dir=models)
+    from conftest import run_entry
+
+    run = run_entry(run_env)
+    assert run.returncode == 0, run.output[-3000:]
+    assert f"starting from {models / files[0]} (pretrained_model_params)" in run.output
+    result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
+    best_before = yaml.safe_load((trained.out / "models" / "result.yaml").read_text())["mAP"]
+    assert result["mAP"] > 0.5 * best_before  # one epoch from scratch scores ~0

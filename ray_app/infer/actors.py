@@ -84,6 +84,7 @@ class DetectorActor:
         self.conf_threshold = conf_threshold
         self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
         self.task_id = task_id
+        self.node_id = ray.get_runtime_context().get_node_id()
 
     def _packed(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, Any]]:
         from mmdet.structures import DetDataSample
@@ -116,7 +117,8 @@ class DetectorActor:
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
         return {"path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
-                "height": sizes[:, 0], "width": sizes[:, 1], "error": batch["error"]}
+                "height": sizes[:, 0], "width": sizes[:, 1], "error": batch["error"],
+                "node": np.array([self.node_id] * n, dtype=object)}
 
     def _scores(self, batch, good, packed, detections, class_logits) -> list[float]:
         if self.algorithm is None:

@@ -83,6 +83,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     scores: list[tuple[str, float]] = []
     bad: Counter = Counter()
     bad_examples: dict[str, str] = {}
+    per_node: Counter = Counter()
     progress = Progress(monitor, len(images), what)
     with ray_session(params.ray_address, gpu_ids):
         for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):
@@ -96,7 +97,10 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
                 if env.run_infer:
                     detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
                 scores.append((path, float(score)))
+            per_node.update(str(n) for n in batch["node"])
             progress.add(len(batch["path"]))
+    log.info("model actors ran on %d node(s): %s", len(per_node),
+             ", ".join(f"{node[:8]}: {count} images" for node, count in per_node.most_common()))
     for kind, count in bad.items():
         log.warning("%d candidate images could not be read (%s), e.g. %s: kept with no boxes, ranked last",
                     count, kind, bad_examples[kind])

@@ -36,14 +36,16 @@ MAX_FAILURES = 3
 
 
 def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
-    """One worker per GPU, else ``cpu_num_workers`` CPU workers; checked against the cluster."""
+    """One worker per GPU, else ``cpu_num_workers`` CPU workers sharing the cluster's CPUs
+    equally (each worker's torch uses as many threads as it was given CPUs)."""
     if gpu_ids:
         return ScalingConfig(num_workers=len(gpu_ids), use_gpu=True, resources_per_worker={"GPU": 1, "CPU": 1})
     available = ray.cluster_resources().get("CPU", 0)
     if params.cpu_num_workers > available:
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} needs {params.cpu_num_workers} "
                                           f"CPUs but the Ray cluster has {available:g}")
-    return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": 1})
+    per_worker = max(1, int(available // params.cpu_num_workers))
+    return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": per_worker})
 
 
 def _ymir_error_in(error: BaseException) -> YmirError | None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 import torch
 from mmengine.config import Config
@@ -29,10 +29,12 @@ def local_work_dir(preferred: str, rank: int) -> Path:
     raise OSError("no writable work dir")
 
 
-def adapt_to_device(cfg: Config, use_gpu: bool) -> None:
+def adapt_to_device(cfg: Config, use_gpu: bool, world_size: int) -> None:
     """Ray Train already created the process group: ``launcher='pytorch'`` makes mmengine
-    reuse it. On CPU, DDP must not get ``device_ids`` and SyncBatchNorm cannot run."""
-    cfg.launcher = "pytorch"
+    reuse it. A single worker needs no DDP wrapper (``launcher='none'``: its gradient
+    bucketing costs time for nothing). On CPU, DDP must not get ``device_ids`` and
+    SyncBatchNorm cannot run."""
+    cfg.launcher = "pytorch" if world_size > 1 else "none"
     cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if use_gpu else "gloo"
     if not use_gpu:
         cfg.model_wrapper_cfg["device_ids"] = None
@@ -43,9 +45,10 @@ def adapt_to_device(cfg: Config, use_gpu: bool) -> None:
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: build the Runner, resume if Ray restarted us."""
     cfg: Config = config["cfg"].copy()
-    rank = ray.train.get_context().get_world_rank()
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     use_gpu = torch.cuda.is_available() and config["use_gpu"]
-    adapt_to_device(cfg, use_gpu)
+    adapt_to_device(cfg, use_gpu, context.get_world_size())
     work_dir = local_work_dir(config["work_root"], rank)
     cfg.work_dir = str(work_dir)
     tensorboard_dir = work_dir / "tensorboard"
@@ -61,7 +64,8 @@ def train_worker(config: dict[str, Any]) -> None:
         cfg.resume = True
         print(f"[rank {rank}] resuming from the last Ray Train checkpoint", flush=True)
 
-    os.environ.setdefault("OMP_NUM_THREADS", str(config.get("threads", 1)))
+    if not use_gpu:  # as many threads as CPUs Ray gave this worker
+        torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     runner = Runner.from_cfg(cfg)
     runner.register_hook(YmirTrainHook(config["outputs"], tensorboard_dir, config.get("saved_file_pattern", "")),
                          priority="LOWEST")

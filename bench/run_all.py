@@ -1,0 +1,10 @@
+"""`make bench`: every benchmark, one after the other (results in bench/results/)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+for script in ("train_bench.py",):
+    print(f"=== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], check=True)

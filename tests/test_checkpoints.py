@@ -1,0 +1,71 @@
+"""Model files load without executing pickled code; damaged ones are error 300004."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import pytest
+import torch
+
+from ray_app.checkpoints import load_checkpoint_file, resume_checkpoint, stage_checkpoint, to_bytes
+from ray_app.protocol.errors import ErrorCode, YmirError
+
+
+class Exploit:
+    """Unpickling this runs a command: what a malicious model file would do."""
+
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/ray_app_pwned",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
+    if os.path.exists("/tmp/ray_app_pwned"):
+        os.remove("/tmp/ray_app_pwned")
+    with pytest.raises(YmirError) as error:
+        load_checkpoint_file(path)
+    assert error.value.code == ErrorCode.MODEL and "evil.pth" in error.value.message
+    assert not os.path.exists("/tmp/ray_app_pwned")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
+def test_damaged_or_missing_file_is_300004(tmp_path, content):
+    path = tmp_path / "epoch_3.pth"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(YmirError) as error:
+        load_checkpoint_file(path)
+    assert error.value.code == ErrorCode.MODEL and "epoch_3.pth" in error.value.message
+
+
+def test_truncated_checkpoint_is_300004(tmp_path):
+    path = tmp_path / "w.pth"
+    path.write_bytes(to_bytes({"state_dict": {"w": torch.ones(1000)}, "meta": {}})[:500])
+    with pytest.raises(YmirError, match="w.pth"):
+        load_checkpoint_file(path)
+
+
+def test_mmengine_checkpoint_with_message_hub_loads(tmp_path):
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+
+    buffer = HistoryBuffer()
+    buffer.update(1.5)
+    checkpoint = {"meta": {"epoch": 3, "seed": np.int64(7)}, "state_dict": {"w": torch.ones(2)},
+                  "message_hub": {"log_scalars": {"train/loss": buffer}, "runtime_info": {}, "resumed_keys": {}}}
+    path = tmp_path / "mm.pth"
+    torch.save(checkpoint, path)
+    loaded = load_checkpoint_file(path)
+    assert loaded["meta"]["epoch"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+    stage = torch.load(io.BytesIO(to_bytes(stage_checkpoint(loaded))), weights_only=True)
+    assert stage["meta"] == {"epoch": 3, "seed": 7} and set(stage) == {"meta", "state_dict"}
+    resume = torch.load(io.BytesIO(to_bytes(resume_checkpoint(loaded))), weights_only=True)
+    assert resume["message_hub"] == {"log_scalars": {}, "runtime_info": {}, "resumed_keys": {}}
+
+
+def test_bare_state_dict_is_accepted(tmp_path):
+    path = tmp_path / "bare.pth"
+    torch.save({"w": torch.zeros(3)}, path)
+    assert set(load_checkpoint_file(path)["state_dict"]) == {"w"}

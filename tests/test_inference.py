@@ -1,0 +1,129 @@
+"""Inference and mining through the real entry, with a model trained by the tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import Run, run_entry
+from ray_app.data.sample import SampleData
+
+pytestmark = pytest.mark.slow
+
+
+def candidates(sample: SampleData) -> list[str]:
+    return [line for line in sample.candidate_index.read_text().splitlines() if line]
+
+
+def read_tsv(out: Path) -> list[tuple[str, float]]:
+    return [(p, float(s)) for p, s in (line.split("\t") for line in (out / "result.tsv").read_text().splitlines())]
+
+
+def check_infer_result(out: Path, images: list[str], key: str = "boxes") -> dict:
+    result = json.loads((out / "infer-result.json").read_text())["detection"]
+    assert set(result) == {os.path.basename(p) for p in images}  # every candidate, by basename
+    for name, entry in result.items():
+        assert list(entry) == [key]
+        for box in entry[key]:
+            assert box["class_name"] in ("square", "disc", "triangle") and 0 <= box["score"] <= 1
+            b = box["box"]
+            assert all(isinstance(b[k], int) for k in "xywh") and b["w"] > 0 and b["h"] > 0
+            assert b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["w"] <= 128 and b["y"] + b["h"] <= 128
+    return result
+
+
+def test_infer_alone(infer_task, sample):
+    run = run_entry(infer_task(run_mining=False, run_infer=True))
+    assert run.returncode == 0, run.output[-3000:]
+    assert run.monitor()[2:4] == ["1.0000", "3"]
+    result = check_infer_result(run.out, candidates(sample))
+    assert sum(len(e["boxes"]) for e in result.values()) > 0, "the trained model found nothing"
+    assert not (run.out / "result.tsv").exists()
+    assert "[##############################] 12/12 images" in run.output  # the progress bar
+
+
+def test_infer_old_protocol_uses_annotations(infer_task, sample):
+    env_file = infer_task(run_mining=False, run_infer=True)
+    env = yaml.safe_load(env_file.read_text())
+    env.pop("protocol_version")
+    env_file.write_text(yaml.safe_dump(env))
+    run = run_entry(env_file)
+    assert run.returncode == 0, run.output[-3000:]
+    check_infer_result(run.out, candidates(sample), key="annotations")
+
+
+@pytest.mark.parametrize("algorithm", ["random", "entropy", "aldd", "cald"])
+def test_mining_alone(infer_task, sample, algorithm):
+    run = run_entry(infer_task(run_mining=True, run_infer=False, mining_algorithm=algorithm))
+    assert run.returncode == 0, run.output[-3000:]
+    ranked = read_tsv(run.out)
+    assert sorted(p for p, _ in ranked) == sorted(candidates(sample))
+    scores = [s for _, s in ranked]
+    assert scores == sorted(scores, reverse=True)
+    assert all(s >= 0 for s in scores) and len(set(scores)) > 1, scores
+    assert not (run.out / "infer-result.json").exists()
+
+
+def test_mining_and_infer_in_one_pass(infer_task, sample):
+    run = run_entry(infer_task(run_mining=True, run_infer=True, mining_algorithm="entropy"))
+    assert run.returncode == 0, run.output[-3000:]
+    ranked = dict(read_tsv(run.out))
+    result = check_infer_result(run.out, candidates(sample))
+    assert run.output.count("mining + infer of 12 images") == 1  # one pass, not two
+    for path, score in ranked.items():  # the same detections feed both outputs
+        if not result[os.path.basename(path)]["boxes"]:
+            assert score == 0
+
+
+def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):
+    data = SampleData(tmp_path / "data", sample.train_index, sample.val_index, tmp_path / "candidates.tsv",
+                      sample.class_names)
+    (tmp_path / "data").mkdir()
+    good = candidates(sample)[:4]
+    truncated = tmp_path / "data" / "truncated.jpg"
+    truncated.write_bytes(Path(good[0]).read_bytes()[:300])
+    not_image = tmp_path / "data" / "notes.jpg"
+    not_image.write_text("this is not an image")
+    missing = tmp_path / "data" / "missing.jpg"
+    bad = [str(truncated), str(not_image), str(missing)]
+    data.candidate_index.write_text("\n".join(good[:2] + bad + good[2:]) + "\n")
+    run = run_entry(infer_task(run_mining=True, run_infer=True, data=data))
+    assert run.returncode == 0, run.output[-3000:]
+    ranked = read_tsv(run.out)
+    assert [p for p, _ in ranked[-3:]] and set(p for p, _ in ranked[-3:]) == set(bad)  # ranked last
+    assert all(s < min(s2 for p2, s2 in ranked if p2 in good) for p, s in ranked if p in bad)
+    result = check_infer_result(run.out, good + bad)
+    assert all(result[os.path.basename(p)]["boxes"] == [] for p in bad)
+    assert "could not be read" in run.output and "missing.jpg" in run.output
+    assert run.monitor()[3] == "3"
+
+
+def test_two_node_cluster_spreads_actors(infer_task, sample):
+    """A head and a worker node (``ray.cluster_utils.Cluster``): the executor joins it by
+    ``ray_address``, model actors land on both nodes, and the outputs are complete."""
+    import re
+
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    try:
+        env_file = infer_task(run_mining=True, run_infer=True, cpu_num_workers=2, samples_per_gpu=2,
+                              ray_address=cluster.address)
+        run = run_entry(env_file)
+        assert run.returncode == 0, run.output[-3000:]
+        assert "joining the Ray cluster" in run.output
+        check_infer_result(run.out, candidates(sample))
+        assert len(read_tsv(run.out)) == len(candidates(sample))
+        nodes = re.search(r"model actors ran on (\d+) node\(s\): (.*)", run.output)
+        assert nodes and nodes.group(1) == "2", run.output[-2000:]
+        counts = [int(c) for c in re.findall(r": (\d+) images", nodes.group(2))]
+        assert sum(counts) == len(candidates(sample)) and min(counts) > 0
+    finally:
+        cluster.shutdown()

@@ -1,0 +1,59 @@
+"""The mining scores on hand-made inputs: each formula as its docstring states it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ray_app.mining import aldd, cald, entropy, random_baseline
+
+
+def test_entropy_matches_the_original_formula():
+    scores, labels = np.array([0.9, 0.5, 0.05]), np.array([0, 1, 1])
+    expected = -(0.9 * math.log2(0.9) + 0.5 * math.log2(0.5))  # 0.05 is below conf_threshold
+    assert entropy.score(scores, labels, 0.1, None) == pytest.approx(expected)
+    assert entropy.score(np.array([]), np.array([], dtype=int), 0.1, None) == 0
+    weighted = entropy.score(scores, labels, 0.1, np.array([1.0, 2.0]))
+    assert weighted == pytest.approx(-(0.9 * math.log2(0.9) + 2 * 0.5 * math.log2(0.5)))
+
+
+def test_random_is_uniform_and_repeatable():
+    values = [random_baseline.score("task", f"/in/{i}.jpg") for i in range(2000)]
+    assert all(0 <= v < 1 for v in values) and 0.45 < sum(values) / len(values) < 0.55
+    assert random_baseline.score("task", "/in/1.jpg") == values[1]
+    assert random_baseline.score("other", "/in/1.jpg") != values[1]
+
+
+def test_aldd_is_high_where_neighbours_disagree():
+    calm = torch.full((1, 3, 16, 16), -4.0)  # confidently empty everywhere
+    noisy = calm.clone()
+    noisy[0, :, ::2, ::2] = 4.0  # a checkerboard of confident objects: neighbours disagree
+    uniform_object = torch.full((1, 3, 16, 16), 4.0)  # confident object everywhere: they agree
+    scores = aldd.score_batch([torch.cat([calm, noisy, uniform_object])], num_classes=3)
+    assert scores[1] > 10 * scores[0] and scores[1] > 10 * scores[2]
+    assert (scores >= 0).all()
+
+
+def test_aldd_handles_anchors_and_levels():
+    logits = [torch.randn(2, 3 * 4, 16, 16), torch.randn(2, 3 * 4, 8, 8)]  # 3 anchors x 4 classes
+    assert aldd.score_batch(logits, num_classes=4).shape == (2,)
+
+
+def boxes(*rows):
+    rows = np.array(rows, dtype=float).reshape(-1, 6)
+    return rows[:, :4], rows[:, 4], rows[:, 5].astype(int)
+
+
+def test_cald_consistent_predictions_score_low():
+    original = boxes([10, 10, 50, 50, 0.9, 0])
+    same = boxes([10, 10, 50, 50, 0.9, 0])
+    moved = boxes([30, 30, 70, 70, 0.4, 0])
+    other_class = boxes([10, 10, 50, 50, 0.9, 1])
+    assert cald.score(original, [same, same]) == pytest.approx(0.0)
+    assert 0 < cald.score(original, [same, moved]) < cald.score(original, [moved, moved]) <= 1
+    assert cald.score(original, [other_class, other_class]) == pytest.approx(1.0)
+    assert cald.score(boxes(), [boxes(), moved]) == pytest.approx(0.4)  # found only in a copy
+    assert cald.score(boxes(), [boxes(), boxes()]) == 0
