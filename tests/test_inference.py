@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import Run, run_entry
+from conftest import run_entry
 from ray_app.data.sample import SampleData
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ray_app.protocol.atomic import atomic_write_text
-from ray_app.protocol.env import EnvConfig, load_env, version_tuple
+from ray_app.protocol.env import load_env, version_tuple
 from ray_app.protocol.errors import ErrorCode, YmirError, classify
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
 from ray_app.protocol.monitor import Monitor, TaskState

@@ -78,10 +78,11 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
                                 stderr=subprocess.STDOUT)
         out = tmp_path / "out"
         deadline = time.monotonic() + 300
-        while not (out / "models" / "epoch_2").is_dir():  # the first validation is published
+        while "epoch 2: resume checkpoint registered" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        time.sleep(1.0)  # let the Ray checkpoint land, then die mid-epoch 3
+            time.sleep(0.2)
+        assert (out / "models" / "epoch_2").is_dir()  # published before the checkpoint
+        time.sleep(0.5)  # into epoch 3
         victims = _train_worker_pids(log.read_text())
         assert victims, "no Ray Train worker process found"
         os.kill(victims[-1], signal.SIGKILL)
@@ -113,3 +114,16 @@ def test_training_from_a_pretrained_stage(tmp_path, sample, trained: Run):
     result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
     best_before = yaml.safe_load((trained.out / "models" / "result.yaml").read_text())["mAP"]
     assert result["mAP"] > 0.5 * best_before  # one epoch from scratch scores ~0
+
+
+def test_nan_loss_stops_with_300201(tmp_path, sample):
+    """A diverging run ends at once with 300201 (no futile restarts) and says what to try."""
+    from conftest import run_entry
+
+    config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 3, "val_interval": 1, "cpu_num_workers": 1,
+              "learning_rate": 1e12}
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config), timeout=300)
+    assert run.returncode == 1, run.output[-3000:]
+    fields = run.monitor()
+    assert fields[3:5] == ["4", "300201"] and "learning_rate" in fields[5]
+    assert run.output.count("resuming from the last Ray Train checkpoint") == 0

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 from ymir_exc import env as ymir_env
 
 from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.yaml_files import read_yaml_mapping
 
 DEFAULT_ENV_FILE = "/in/env.yaml"
 ENV_FILE_VARIABLE = "YMIR_ENV_FILE"
@@ -61,17 +61,7 @@ def env_file_path(explicit: str | None = None) -> Path:
 
 def load_env(path: str | os.PathLike) -> EnvConfig:
     """Read and validate ``env.yaml``; every failure is a :class:`YmirError` (300001)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise YmirError(ErrorCode.CONFIG, f"env file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise YmirError(ErrorCode.CONFIG, f"env file {path} cannot be read: {e}") from None
-    except yaml.YAMLError as e:
-        raise YmirError(ErrorCode.CONFIG, f"env file {path} is not valid YAML: {_first_line(e)}") from None
-    if not isinstance(raw, dict):
-        raise YmirError(ErrorCode.CONFIG, f"env file {path} must be a YAML mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "env file", empty_ok=False)
     try:
         return EnvConfig.model_validate(raw)
     except ValidationError as e:
@@ -86,7 +76,3 @@ def describe_validation_error(error: ValidationError) -> str:
         got = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item else ""
         parts.append(f"{where}: {item['msg']}{got}")
     return "; ".join(parts)
-
-
-def _first_line(error: Exception) -> str:
-    return " ".join(str(error).split())

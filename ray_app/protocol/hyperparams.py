@@ -16,10 +16,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ray_app.protocol.env import EnvConfig, describe_validation_error
 from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.protocol.yaml_files import read_yaml_mapping
 
 TEMPLATE_DIR_VARIABLE = "RAY_APP_IMG_MAN"
 EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
 MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
+
+
+def _as_list(cls: type, value: Any) -> Any:
+    """Model files are a list of ``STAGE/FILE``; tolerate one string, or nothing."""
+    if value in (None, ""):
+        return []
+    return [value] if isinstance(value, str) else value
 
 
 class CommonParams(BaseModel):
@@ -103,13 +111,7 @@ class TrainingParams(CommonParams):
     def _none_is_empty_text(cls, value: Any) -> Any:
         return "" if value is None else value
 
-    @field_validator("pretrained_model_params", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        """The platform gives a list of ``STAGE/FILE``; tolerate one string or nothing."""
-        if value in (None, ""):
-            return []
-        return [value] if isinstance(value, str) else value
+    _pretrained_as_list = field_validator("pretrained_model_params", mode="before")(_as_list)
 
 
 class InferParams(CommonParams):
@@ -119,12 +121,7 @@ class InferParams(CommonParams):
     iou_threshold: float = Field(gt=0, le=1)
     model_params_path: list[str] = Field(min_length=1)
 
-    @field_validator("model_params_path", mode="before")
-    @classmethod
-    def _as_list(cls, value: Any) -> Any:
-        if value in (None, ""):
-            return []
-        return [value] if isinstance(value, str) else value
+    _model_files_as_list = field_validator("model_params_path", mode="before")(_as_list)
 
 
 class MiningParams(InferParams):
@@ -161,21 +158,8 @@ def load_template(name: str) -> dict[str, Any]:
 
 
 def read_config_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """The task's ``config.yaml`` as a mapping; every failure is error 300001."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise YmirError(ErrorCode.CONFIG, f"config file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise YmirError(ErrorCode.CONFIG, f"config file {path} cannot be read: {e}") from None
-    except yaml.YAMLError as e:
-        raise YmirError(ErrorCode.CONFIG, f"config file {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise YmirError(ErrorCode.CONFIG, f"config file {path} must be a YAML mapping, got {type(raw).__name__}")
-    return raw
+    """The task's ``config.yaml`` as a mapping (empty file: no overrides); errors are 300001."""
+    return read_yaml_mapping(path, "config file", empty_ok=True)
 
 
 def merged_config(templates: list[str], config_file: str | os.PathLike) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 
 METRIC = "coco/bbox_mAP"
 RESUME_FILE = "resume.pth"
+#: how long rank 0 waits for Ray Train to register a reported checkpoint
+REGISTER_TIMEOUT_S = 120.0
 
 
 class YmirTrainHook(Hook):
@@ -49,8 +51,10 @@ class YmirTrainHook(Hook):
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
         if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss)):
-            raise YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss)} at iteration "
-                                                f"{runner.iter + 1}; try a smaller learning_rate")
+            error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss)} at iteration "
+                                                  f"{runner.iter + 1}; try a smaller learning_rate")
+            ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
+            raise error
         now = time.monotonic()
         if self._is_rank0() and now - self._last_progress >= self.progress_interval_s:
             self._last_progress = now
@@ -72,6 +76,12 @@ class YmirTrainHook(Hook):
                 (Path(tmp) / RESUME_FILE).write_bytes(to_bytes(resume_checkpoint(checkpoint)))
                 ray_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({"epoch": epoch, "mAP": mAP}, checkpoint=ray_checkpoint)
+        if ray_checkpoint is not None:
+            # Ray Train registers a checkpoint when its controller processes the report; a
+            # worker killed before that would restart from the previous one. Wait for it.
+            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED,
+                                                   timeout_s=REGISTER_TIMEOUT_S)
+            print(f"[rank 0] epoch {epoch}: resume checkpoint registered with Ray Train", flush=True)
 
     def after_train(self, runner) -> None:
         if self._is_rank0():

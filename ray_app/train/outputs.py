@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ray
 
-from ray_app.protocol.atomic import atomic_write_bytes, atomic_write_text, ensure_under
+from ray_app.protocol.atomic import atomic_write_bytes, ensure_under
 from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.monitor import Monitor
 from ray_app.protocol.writers import ModelStage, TrainingResult, write_training_result
@@ -47,6 +47,7 @@ class TrainingOutputs:
         self.config_text = config_text
         self.stages: dict[str, ModelStage] = {}
         self.epochs: dict[str, int] = {}
+        self.failure: tuple[int, str] | None = None
 
     def progress(self, fraction: float) -> None:
         """Training progress in [0, 1); 1 is written by the entry once all is done."""
@@ -78,6 +79,14 @@ class TrainingOutputs:
         """Copy the event files rank 0 wrote, to ``tensorboard_dir`` (relative names kept)."""
         for relative, data in files.items():
             atomic_write_bytes(Path(self.env.output.tensorboard_dir) / relative, data, self.root)
+
+    def fail(self, code: int, message: str) -> None:
+        """A worker hit an error that a restart cannot fix (e.g. NaN loss): remember it, so
+        restarted workers stop at once and the driver reports it."""
+        self.failure = self.failure or (int(code), message)
+
+    def fatal(self) -> tuple[int, str] | None:
+        return self.failure
 
     def summary(self) -> dict[str, float]:
         """Stage name -> mAP of the stages kept."""

@@ -49,18 +49,22 @@ def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
 
 
 def _ymir_error_in(error: BaseException) -> YmirError | None:
-    """The YmirError a worker raised, if any: Ray wraps it, keeping its text."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, YmirError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    text = str(error)
-    for code in ErrorCode:
-        if f"YmirError" in text and str(int(code)) in text:
-            return YmirError(code, text.split("YmirError:")[-1].strip().splitlines()[0])
-    if "NAN_LOSS" in text or "loss became nan" in text:
-        return YmirError(ErrorCode.NAN_LOSS, "the training loss became NaN")
+    """The YmirError a Train worker raised (e.g. NaN loss), if any.
+
+    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` hold each worker's
+    exception; Ray's task errors are "dual" instances that are also the original type, or
+    keep it as ``cause``.
+    """
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, YmirError):
+            return YmirError(current.code, current.message)
+        pending.extend(getattr(current, "worker_failures", {}).values())
+        pending.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
     return None
 
 
@@ -111,7 +115,14 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         try:
             trainer.fit()
         except Exception as e:
-            raise _ymir_error_in(e) or e
+            known = _ymir_error_in(e)
+            if known is None:
+                raise
+            raise known from e
+        finally:
+            failure = ray.get(outputs.fatal.remote())
+        if failure:
+            raise YmirError(ErrorCode(failure[0]), failure[1])
         stages = ray.get(outputs.summary.remote())
     if not stages:
         raise YmirError(ErrorCode.CONFIG, "training ended without a validated model stage")

@@ -44,6 +44,8 @@ def adapt_to_device(cfg: Config, use_gpu: bool, world_size: int) -> None:
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's ``train_loop_per_worker``: build the Runner, resume if Ray restarted us."""
+    if ray.get(config["outputs"].fatal.remote()):
+        return  # restarted after an error no restart can fix: end at once, the driver reports it
     cfg: Config = config["cfg"].copy()
     context = ray.train.get_context()
     rank = context.get_world_rank()
