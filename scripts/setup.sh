@@ -24,35 +24,46 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
 fi
 
 mkdir -p "$WHEELS"
+LOG="$CACHE/setup.log"
+: > "$LOG"
+# Run a step with its (long, noisy) output in $LOG; show the end of it if the step fails.
+quiet() {
+  if ! "$@" >> "$LOG" 2>&1; then
+    echo "setup: failed: $*" >&2
+    tail -n 40 "$LOG" >&2
+    exit 1
+  fi
+}
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "setup: creating $VENV with $PYTHON"
   "$PYTHON" -m venv "$VENV"
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
+quiet "${PIP[@]}" install -q --upgrade pip
 # Build tools for mmcv (setup.py needs pkg_resources, removed in setuptools 81; torch needs >=77).
-"${PIP[@]}" install -q "setuptools>=77,<81" wheel ninja
+quiet "${PIP[@]}" install -q "setuptools>=77,<81" wheel ninja
 # torch first, alone: the CPU build comes from the local wheel store; any other
 # torch pin would pull several GB of CUDA packages.
-"${PIP[@]}" install -q "$(grep -E '^torch==' "$ROOT/requirements.txt")"
+quiet "${PIP[@]}" install -q "$(grep -E '^torch==' "$ROOT/requirements.txt")"
 
 mmcv_wheel="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$mmcv_wheel" ]]; then
   echo "setup: building mmcv $MMCV_VERSION with ops (once per machine, ~10 min on 2 cores)"
   build="$(mktemp -d)"
   trap 'rm -rf "$build"' EXIT
-  "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
+  quiet "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation \
       -d "$build" "mmcv==$MMCV_VERSION"
   tar -xzf "$build"/mmcv-"$MMCV_VERSION".tar.gz -C "$build"
   sed -i 's/-std=c++14/-std=c++17/g' "$build/mmcv-$MMCV_VERSION/setup.py"
-  MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" "${PIP[@]}" wheel -q --no-deps --no-build-isolation \
+  MMCV_WITH_OPS=1 MAX_JOBS="$(nproc)" quiet "${PIP[@]}" wheel -q --no-deps --no-build-isolation \
       -w "$build/dist" "$build/mmcv-$MMCV_VERSION"
   cp "$build"/dist/mmcv-*.whl "$WHEELS/"
   mmcv_wheel="$(ls "$WHEELS"/mmcv-"$MMCV_VERSION"-*.whl | head -n1)"
 fi
-"${PIP[@]}" install -q --find-links "$WHEELS" "$mmcv_wheel"
+echo "setup: installing the pinned stack into $VENV"
+quiet "${PIP[@]}" install -q --find-links "$WHEELS" "$mmcv_wheel"
 
-"${PIP[@]}" install -q --find-links "$WHEELS" -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
-"${PIP[@]}" install -q --no-deps -e "$ROOT"
+quiet "${PIP[@]}" install -q --find-links "$WHEELS" -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt"
+quiet "${PIP[@]}" install -q --no-deps -e "$ROOT"
 "$VENV/bin/python" -c "import mmcv.ops, mmdet.models, mmyolo, ray.train, ray.data, ray_app; print('setup: stack imports fine')"
 echo "$want" > "$STAMP"

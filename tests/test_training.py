@@ -78,9 +78,14 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
                                 stderr=subprocess.STDOUT)
         out = tmp_path / "out"
         deadline = time.monotonic() + 300
+        seen = set()  # (percent, state) of monitor.txt while training runs
         while "epoch 2: resume checkpoint registered" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            if (out / "monitor.txt").exists():
+                seen.add(tuple((out / "monitor.txt").read_text().split("\t")[2:4]))
             time.sleep(0.2)
+        running = sorted(float(p) for p, state in seen if state.strip() == "2")
+        assert len(running) >= 3 and 0 < running[-1] < 1, seen  # progress moves during training
         assert (out / "models" / "epoch_2").is_dir()  # published before the checkpoint
         time.sleep(0.5)  # into epoch 3
         victims = _train_worker_pids(log.read_text())

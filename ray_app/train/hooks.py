@@ -50,8 +50,8 @@ class YmirTrainHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
-        if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss)):
-            error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss)} at iteration "
+        if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss.detach())):
+            error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss.detach())} at iteration "
                                                   f"{runner.iter + 1}; try a smaller learning_rate")
             ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
             raise error
