@@ -48,7 +48,8 @@ def sample(tmp_path_factory) -> SampleData:
 
 
 TRAIN_CONFIG = dict(model_name="yolov8_n", img_size=128, max_epochs=20, samples_per_gpu=4, workers_per_gpu=0,
-                    cpu_num_workers=2, val_interval=5, max_keep_checkpoints=1, learning_rate=0.01)
+                    cpu_num_workers=2, val_interval=5, max_keep_checkpoints=1, learning_rate=0.01,
+                    ymir_saved_file_patterns=r"\.log$")
 
 
 @pytest.fixture(scope="session")

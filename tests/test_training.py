@@ -40,6 +40,7 @@ def test_training_outputs(trained: Run):
         weights = [f for f in files if f.suffix == ".pth"]
         configs = [f for f in files if f.suffix == ".py"]
         assert len(weights) == 1 and len(configs) == 1
+        assert any(f.suffix == ".log" for f in files)  # ymir_saved_file_patterns: the mmengine log
         checkpoint = torch.load(weights[0], weights_only=True)  # loads without unpickling code
         assert checkpoint["meta"]["dataset_meta"]["classes"] == ("square", "disc", "triangle")
         cfg = Config.fromfile(str(configs[0]))

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from ray_app.infer.images import decode_bgr, read_bytes
-from ray_app.infer.model import Detector, ModelBundle, inference_pipeline
+from ray_app.infer.model import Detector, ModelBundle
 from ray_app.mining import ALGORITHMS, aldd, cald, entropy, random_baseline
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
@@ -40,14 +40,12 @@ def _jsonable(value: Any) -> Any:
 class Preprocess:
     """Stage 2: decode and run the test pipeline (resize, letterbox) -> CHW uint8 arrays."""
 
-    def __init__(self, bundle: ModelBundle | ray.ObjectRef) -> None:
+    def __init__(self, steps: list[dict[str, Any]], size: int) -> None:
         from mmengine.dataset import Compose
         from mmyolo.utils import register_all_modules
 
         register_all_modules()
-        bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
-        self.pipeline = Compose(inference_pipeline(bundle.cfg))
-        size = int(bundle.cfg.img_scale[0])
+        self.pipeline = Compose(steps)
         self.blank = np.zeros((3, size, size), dtype=np.uint8)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -85,6 +83,7 @@ class DetectorActor:
         self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
         self.task_id = task_id
         self.node_id = ray.get_runtime_context().get_node_id()
+        print(f"model actor ready on node {self.node_id} ({device})", flush=True)
 
     def _packed(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, Any]]:
         from mmdet.structures import DetDataSample

@@ -8,7 +8,7 @@ import numpy as np
 import ray
 
 from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
-from ray_app.infer.model import ModelBundle
+from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.ray_session import driver_node_label
@@ -47,7 +47,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     blocks = max(1, min(len(images) // batch_size, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
     ds = ds.map_batches(read_batch, batch_size=batch_size, num_cpus=READ_CPUS, label_selector=driver_node_label())
-    ds = ds.map_batches(Preprocess, fn_constructor_args=(bundle_ref,), batch_size=batch_size,
+    steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
+    ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])), batch_size=batch_size,
                         concurrency=(1, max(1, params.workers_per_gpu) * actors["concurrency"]),
                         num_cpus=PREPROCESS_CPUS)
     ds = ds.map_batches(
