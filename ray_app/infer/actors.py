@@ -16,7 +16,7 @@ import torch
 
 from ray_app.infer.images import decode_bgr, read_bytes
 from ray_app.infer.model import Detector, ModelBundle
-from ray_app.mining import ALGORITHMS, aldd, cald, entropy, random_baseline
+from ray_app.mining import aldd, cald, entropy, random_baseline
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
 
@@ -78,7 +78,6 @@ class DetectorActor:
             torch.set_num_threads(max(1, int(round(cpus))))
         self.detector = Detector(bundle, device)
         self.algorithm = algorithm
-        self.needs = ALGORITHMS.get(algorithm or "entropy")
         self.conf_threshold = conf_threshold
         self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
         self.task_id = task_id

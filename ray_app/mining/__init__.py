@@ -1,7 +1,8 @@
 """Active-learning scores, one module per algorithm; higher = more useful to label.
 
-Each module exposes ``score_batch(...)`` over a batch of images; ``ALGORITHMS`` maps the
-``mining_algorithm`` hyperparameter to what the model actor must compute for it.
+Each module scores images from what one batched forward pass gives (ALDD works on the
+whole batch's dense maps; the others per image). ``ALGORITHMS`` is the list of valid
+``mining_algorithm`` values, with what each needs from the model.
 """
 
 from dataclasses import dataclass

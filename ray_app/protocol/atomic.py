@@ -42,8 +42,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, root: str | os.Path
 def atomic_write_text(path: str | os.PathLike, text: str, root: str | os.PathLike) -> Path:
     """Write UTF-8 ``text`` to ``path`` atomically (see :func:`atomic_write_bytes`)."""
     return atomic_write_bytes(path, text.encode("utf-8"), root)
-
-
-def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike, root: str | os.PathLike) -> Path:
-    """Copy a regular file to ``dst`` under ``root`` atomically (no links: the platform wants files)."""
-    return atomic_write_bytes(dst, Path(src).read_bytes(), root)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,7 +20,6 @@ from ray_app.protocol.yaml_files import read_yaml_mapping
 
 TEMPLATE_DIR_VARIABLE = "RAY_APP_IMG_MAN"
 EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
-MINING_ALGORITHMS = ("random", "entropy", "aldd", "cald")
 
 
 def _as_list(cls: type, value: Any) -> Any:
@@ -127,13 +126,18 @@ class InferParams(CommonParams):
 class MiningParams(InferParams):
     """``mining-template.yaml``: the inference fields and the scoring algorithm."""
 
-    mining_algorithm: Literal["random", "entropy", "aldd", "cald"]
+    mining_algorithm: str
     class_distribution_scores: list[float] = []
 
     @field_validator("mining_algorithm", mode="before")
     @classmethod
-    def _lower(cls, value: Any) -> Any:
-        return str(value).strip().lower() if value is not None else value
+    def _known_algorithm(cls, value: Any) -> str:
+        from ray_app.mining import ALGORITHMS
+
+        name = str(value).strip().lower()
+        if name not in ALGORITHMS:
+            raise ValueError(f"must be one of {', '.join(ALGORITHMS)}")
+        return name
 
     @field_validator("class_distribution_scores", mode="before")
     @classmethod
