@@ -98,7 +98,7 @@ def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):
     assert all(s < min(s2 for p2, s2 in ranked if p2 in good) for p, s in ranked if p in bad)
     result = check_infer_result(run.out, good + bad)
     assert all(result[os.path.basename(p)]["boxes"] == [] for p in bad)
-    assert "could not be read" in run.output and "missing.jpg" in run.output
+    assert "candidate set: 3 images that cannot be read or decoded" in run.output and "missing.jpg" in run.output
     assert run.monitor()[3] == "3"
 
 

@@ -24,6 +24,7 @@ ISSUE_KINDS = {
     "outside_box": "boxes entirely outside their image (skipped)",
     "unreadable_annotation": "annotation files that cannot be read (image kept with no boxes)",
     "unreadable_image": "images whose size cannot be read (image skipped)",
+    "unreadable_candidate": "images that cannot be read or decoded (kept with no boxes, ranked last)",
 }
 
 Box = tuple[int, float, float, float, float]  # class index, x1, y1, x2, y2
@@ -31,19 +32,22 @@ Box = tuple[int, float, float, float, float]  # class index, x1, y1, x2, y2
 
 @dataclass
 class Issues:
-    """Counts of skipped or repaired input, by kind, with the first example of each."""
+    """Counts of skipped or repaired input, by kind, with the first few examples of each."""
 
     counts: Counter = field(default_factory=Counter)
-    examples: dict[str, str] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    max_examples: int = 3
 
     def add(self, kind: str, example: str) -> None:
         self.counts[kind] += 1
-        self.examples.setdefault(kind, example)
+        kept = self.examples.setdefault(kind, [])
+        if len(kept) < self.max_examples:
+            kept.append(example)
 
     def warn(self, what: str) -> None:
-        """One warning per kind: how many, and an example a user can find."""
+        """One warning per kind: how many, and examples a user can find."""
         for kind, count in sorted(self.counts.items()):
-            log.warning("%s: %d %s, e.g. %s", what, count, ISSUE_KINDS[kind], self.examples[kind])
+            log.warning("%s: %d %s, e.g. %s", what, count, ISSUE_KINDS[kind], "; ".join(self.examples[kind]))
 
 
 def parse_ark(text: str, num_classes: int, source: str, issues: Issues) -> list[Box]:

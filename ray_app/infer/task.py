@@ -14,6 +14,7 @@ from collections import Counter
 
 from ray_app.infer.model import load_stage
 from ray_app.infer.pipeline import stream_results
+from ray_app.data.annotations import Issues
 from ray_app.data.index import check_unique_basenames, read_index
 from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
@@ -81,8 +82,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
 
     detections: dict[str, list[Annotation]] = {}
     scores: list[tuple[str, float]] = []
-    bad: Counter = Counter()
-    bad_examples: dict[str, str] = {}
+    bad = Issues()
     per_node: Counter = Counter()
     progress = Progress(monitor, len(images), what)
     with ray_session(params.ray_address, gpu_ids):
@@ -91,9 +91,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
                                                                batch["error"], batch["height"], batch["width"]):
                 path = str(path)
                 if error:
-                    kind = str(error).split(":")[0]
-                    bad[kind] += 1
-                    bad_examples.setdefault(kind, f"{path} ({error})")
+                    bad.add("unreadable_candidate", f"{path} ({error})")
                 if env.run_infer:
                     detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
                 scores.append((path, float(score)))
@@ -101,9 +99,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
             progress.add(len(batch["path"]))
     log.info("model actors ran on %d node(s): %s", len(per_node),
              ", ".join(f"{node[:8]}: {count} images" for node, count in per_node.most_common()))
-    for kind, count in bad.items():
-        log.warning("%d candidate images could not be read (%s), e.g. %s: kept with no boxes, ranked last",
-                    count, kind, bad_examples[kind])
+    bad.warn("candidate set")
     missing = set(images) - {p for p, _ in scores}
     if missing:  # never expected: Ray retries lost work; fail rather than write a partial ranking
         raise YmirError(ErrorCode.DATASET, f"{len(missing)} candidates got no result, e.g. {sorted(missing)[:3]}")
