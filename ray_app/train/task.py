@@ -48,26 +48,6 @@ def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
     return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": per_worker})
 
 
-def _ymir_error_in(error: BaseException) -> YmirError | None:
-    """The YmirError a Train worker raised (e.g. NaN loss), if any.
-
-    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` hold each worker's
-    exception; Ray's task errors are "dual" instances that are also the original type, or
-    keep it as ``cause``.
-    """
-    pending, seen = [error], set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, YmirError):
-            return YmirError(current.code, current.message)
-        pending.extend(getattr(current, "worker_failures", {}).values())
-        pending.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
-    return None
-
-
 def run_training(env: EnvConfig, monitor: Monitor) -> None:
     """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
     params = training_params(env)
@@ -112,17 +92,16 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         )
         log.info("training %s on %d %s worker(s), %d epochs", params.model_name, world,
                  "GPU" if gpu_ids else "CPU", params.max_epochs)
+        error: Exception | None = None
         try:
             trainer.fit()
-        except Exception as e:
-            known = _ymir_error_in(e)
-            if known is None:
-                raise
-            raise known from e
-        finally:
-            failure = ray.get(outputs.fatal.remote())
+        except Exception as e:  # reported below, after the error a worker recorded (if any)
+            error = e
+        failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
         if failure:
-            raise YmirError(ErrorCode(failure[0]), failure[1])
+            raise YmirError(ErrorCode(failure[0]), failure[1]) from error
+        if error is not None:
+            raise error
         stages = ray.get(outputs.summary.remote())
     if not stages:
         raise YmirError(ErrorCode.CONFIG, "training ended without a validated model stage")
