@@ -50,8 +50,9 @@ class YmirTrainHook(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
-        if isinstance(loss, torch.Tensor) and not math.isfinite(float(loss.detach())):
-            error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {float(loss.detach())} at iteration "
+        value = float(loss.detach()) if isinstance(loss, torch.Tensor) else 0.0
+        if not math.isfinite(value):
+            error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {value} at iteration "
                                                   f"{runner.iter + 1}; try a smaller learning_rate")
             ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
             raise error
