@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import ray
+from ray.data import ActorPoolStrategy, DataContext
 
 from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
@@ -17,19 +19,31 @@ from ray_app.ray_session import driver_node_label
 READ_CPUS = 0.1
 #: CPU share of one preprocessing (decode + resize) task
 PREPROCESS_CPUS = 0.5
+#: How long the model actors may take to start (model load, or an autoscaler adding nodes)
+#: before the task fails with a clear message instead of waiting forever for resources.
+ACTOR_START_TIMEOUT_S = 600
 
 
-def plan_actors(params: InferParams, gpu_ids: list[int]) -> dict:
-    """Resources of the model actors: one per GPU, else ``cpu_num_workers`` CPU actors,
-    leaving the CPU that reading and preprocessing need."""
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many model actors, and what each one holds."""
+
+    count: int
+    num_cpus: float
+    num_gpus: float = 0
+
+
+def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
+    """One model actor per GPU, else ``cpu_num_workers`` CPU actors, leaving the CPU that
+    reading and preprocessing need."""
     if gpu_ids:
-        return {"concurrency": len(gpu_ids), "num_gpus": 1, "num_cpus": 1}
+        return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
     available = ray.cluster_resources().get("CPU", 0)
     needed = params.cpu_num_workers + PREPROCESS_CPUS + READ_CPUS
     if needed > available:
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and image decoding "
                                           f"need {needed:g} CPUs; the Ray cluster has {available:g}")
-    return {"concurrency": params.cpu_num_workers, "num_cpus": 1}
+    return ActorPlan(count=params.cpu_num_workers, num_cpus=1)
 
 
 def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, algorithm: str | None,
@@ -37,11 +51,14 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     """Batches of ``{path, detections (json), score, error}`` as the actors finish them.
 
     Read tasks run on the driver's node (the one that sees /in) and hand image bytes on;
-    preprocessing and the model run wherever Ray places them. Ray Data restarts actors
+    preprocessing and the model run wherever Ray places them (Ray Data spreads actors over
+    the nodes). The pool waits until every model actor is up, so that one quick actor does
+    not take the whole index while the others are still loading. Ray Data restarts actors
     (its default ``max_restarts=-1``) and retries their lost batches when a worker or a
     node dies.
     """
-    actors = plan_actors(params, gpu_ids)
+    plan = plan_actors(params, gpu_ids)
+    DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     bundle_ref = ray.put(bundle)
     batch_size = params.samples_per_gpu
     blocks = max(1, min(len(images) // batch_size, 10_000))
@@ -49,11 +66,18 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     ds = ds.map_batches(read_batch, batch_size=batch_size, num_cpus=READ_CPUS, label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
     ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])), batch_size=batch_size,
-                        concurrency=(1, max(1, params.workers_per_gpu) * actors["concurrency"]),
+                        compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count),
                         num_cpus=PREPROCESS_CPUS)
     ds = ds.map_batches(
         DetectorActor,
         fn_constructor_args=(bundle_ref, bool(gpu_ids), algorithm, params.conf_threshold,
                              getattr(params, "class_distribution_scores", None) or None, task_id),
-        batch_size=batch_size, **actors)
-    yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+        batch_size=batch_size, compute=ActorPoolStrategy(size=plan.count),
+        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+    except ray.exceptions.GetTimeoutError as error:
+        what = f"{plan.count} GPU model actors" if gpu_ids else f"{plan.count} CPU model actors"
+        raise YmirError(ErrorCode.NO_GPU if gpu_ids else ErrorCode.CONFIG,
+                        f"the Ray cluster could not start {what} within {ACTOR_START_TIMEOUT_S} s: "
+                        f"too few free {'GPUs' if gpu_ids else 'CPUs'} ({error})") from error
