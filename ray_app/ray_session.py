@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import ray
 import torch
@@ -17,6 +21,66 @@ from ray_app.protocol.hyperparams import CommonParams
 log = logging.getLogger(__name__)
 
 
+#: Ports of the Ray node this container becomes when it joins a cluster (see cluster/README.md):
+#: pinned so that an operator knows what to open between the container and the cluster.
+NODE_PORTS = ("--node-manager-port=6380", "--object-manager-port=6381",
+              "--min-worker-port=10002", "--max-worker-port=10100")
+#: How long to wait for the cluster's GCS to answer before giving up (300301)
+CONNECT_TIMEOUT_S = 15
+#: How long ``ray start`` may take to add this container as a node
+JOIN_TIMEOUT_S = 120
+
+
+def cluster_address(address: str) -> str:
+    """The cluster to join: the ``ray_address`` hyperparameter, else ``$RAY_ADDRESS``, else
+    empty (start a local Ray)."""
+    return address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+
+
+def check_reachable(address: str) -> None:
+    """Fail fast with 300301 when the head's GCS port does not answer (``ray start`` and
+    ``ray.init`` would otherwise retry for minutes)."""
+    if address.startswith("ray://"):
+        raise YmirError(ErrorCode.CONFIG, f"ray_address {address!r} is a Ray Client address; give the head's GCS "
+                                          "address (host:6379): the executor joins the cluster as a node")
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or address, int(port or 6379)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except (OSError, ValueError) as error:
+        raise YmirError(ErrorCode.NETWORK, f"cannot reach the Ray cluster at {address}: {error}") from error
+
+
+def this_machine_is_a_node() -> bool:
+    """Whether a raylet already runs here (a Ray node on this machine, e.g. the head)."""
+    try:
+        from ray._private.services import find_node_ids  # what ray.init itself uses to find one
+    except ImportError:  # pragma: no cover - a Ray without it: let ray.init decide
+        return True
+    return bool(find_node_ids())
+
+
+def join_as_node(address: str, gpu_ids: list[int]) -> None:
+    """``ray start --address``: this container becomes a Ray node with its own CPUs and GPUs,
+    so the driver (which alone reads /in and writes /out) runs on a node of the cluster."""
+    ray_cli = Path(sys.executable).with_name("ray")
+    gpu_ids = [g for g in gpu_ids if g < torch.cuda.device_count()]  # the ones this container has
+    command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={os.cpu_count() or 1}",
+               f"--num-gpus={len(gpu_ids)}", "--disable-usage-stats", *NODE_PORTS]
+    env = dict(os.environ)
+    if gpu_ids:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+    log.info("this container joins the cluster as a Ray node: %s", " ".join(command[1:]))
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=JOIN_TIMEOUT_S)
+    except subprocess.TimeoutExpired as error:
+        raise YmirError(ErrorCode.NETWORK, f"joining the Ray cluster at {address} took over {JOIN_TIMEOUT_S} s") \
+            from error
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise YmirError(ErrorCode.NETWORK, f"could not join the Ray cluster at {address}: {tail[0]}")
+
+
 @contextmanager
 def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local Ray sized
@@ -25,10 +89,17 @@ def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    address = address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+    address = cluster_address(address)
+    started_node = False
     if address:
         log.info("joining the Ray cluster at %s", address)
+        check_reachable(address)
+        if not this_machine_is_a_node():
+            join_as_node(address, gpu_ids)
+            started_node = True
         ray.init(address=address, log_to_driver=True)
+        log.info("Ray cluster: %d node(s), %s", len([n for n in ray.nodes() if n["Alive"]]),
+                 {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
     else:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
@@ -39,6 +110,8 @@ def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+        if started_node:  # leave the cluster: this container's node goes away with the task
+            subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
 
 
 def driver_node_label() -> dict[str, str]:
@@ -52,11 +125,23 @@ def on_this_node() -> NodeAffinitySchedulingStrategy:
 
 
 def check_gpus(params: CommonParams) -> list[int]:
-    """The GPUs asked for, checked against what this container sees (300102 if none)."""
+    """The GPUs asked for, checked against what this container sees (300102 if none).
+
+    On a cluster the GPUs are the cluster's: the count is checked once joined
+    (:func:`check_cluster_gpus`)."""
     gpu_ids = params.gpu_ids
+    if gpu_ids and cluster_address(params.ray_address):
+        return gpu_ids
     if gpu_ids and not torch.cuda.is_available():
         raise YmirError(ErrorCode.NO_GPU, f"gpu_id {params.gpu_id!r} was given but no GPU is visible in the container")
     if gpu_ids and max(gpu_ids) >= torch.cuda.device_count():
         raise YmirError(ErrorCode.GPU_MISMATCH, f"gpu_id {params.gpu_id!r} asks for GPU {max(gpu_ids)} but only "
                                                 f"{torch.cuda.device_count()} are visible")
     return gpu_ids
+
+
+def check_cluster_gpus(needed: int) -> None:
+    """300102 when the Ray cluster (local or joined) has fewer GPUs than ``gpu_id`` names."""
+    available = ray.cluster_resources().get("GPU", 0)
+    if needed > available:
+        raise YmirError(ErrorCode.NO_GPU, f"gpu_id names {needed} GPU(s) but the Ray cluster has {available:g}")

@@ -100,30 +100,3 @@ def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):
     assert all(result[os.path.basename(p)]["boxes"] == [] for p in bad)
     assert "candidate set: 3 images that cannot be read or decoded" in run.output and "missing.jpg" in run.output
     assert run.monitor()[3] == "3"
-
-
-def test_two_node_cluster_spreads_actors(infer_task, sample):
-    """A head and a worker node (``ray.cluster_utils.Cluster``): the executor joins it by
-    ``ray_address``, model actors land on both nodes, and the outputs are complete."""
-    import re
-
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    try:
-        env_file = infer_task(run_mining=True, run_infer=True, cpu_num_workers=2, samples_per_gpu=2,
-                              ray_address=cluster.address)
-        run = run_entry(env_file)
-        assert run.returncode == 0, run.output[-3000:]
-        assert "joining the Ray cluster" in run.output
-        check_infer_result(run.out, candidates(sample))
-        assert len(read_tsv(run.out)) == len(candidates(sample))
-        actor_nodes = set(re.findall(r"model actor ready on node (\w+)", run.output))
-        assert len(actor_nodes) == 2, run.output[-2000:]  # one model actor on each node
-        worked = re.search(r"model actors ran on (\d+) node\(s\): (.*)", run.output)
-        counts = [int(c) for c in re.findall(r": (\d+) images", worked.group(2))]
-        assert sum(counts) == len(candidates(sample))  # and between them, every image
-    finally:
-        cluster.shutdown()

@@ -13,7 +13,7 @@ from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
-from ray_app.ray_session import driver_node_label
+from ray_app.ray_session import check_cluster_gpus, driver_node_label
 
 #: CPU share of one read task (pinned to the driver node; it only does file I/O)
 READ_CPUS = 0.1
@@ -37,6 +37,7 @@ def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
     """One model actor per GPU, else ``cpu_num_workers`` CPU actors, leaving the CPU that
     reading and preprocessing need."""
     if gpu_ids:
+        check_cluster_gpus(len(gpu_ids))
         return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
     available = ray.cluster_resources().get("CPU", 0)
     needed = params.cpu_num_workers + PREPROCESS_CPUS + READ_CPUS

@@ -47,9 +47,13 @@ class Progress:
     def __init__(self, monitor: Monitor, total: int, what: str) -> None:
         self.monitor, self.total, self.what = monitor, total, what
         self.done = 0
+        self.per_node: Counter = Counter()
         self.start = self.last_log = time.monotonic()
 
-    def add(self, count: int) -> None:
+    def add(self, nodes: list[str]) -> None:
+        """One result per image, with the node whose model actor produced it."""
+        count = len(nodes)
+        self.per_node.update(nodes)
         self.done += count
         fraction = self.done / self.total
         self.monitor.progress(fraction)
@@ -58,8 +62,11 @@ class Progress:
             self.last_log = now
             bar = "#" * int(fraction * 30)
             rate = self.done / max(now - self.start, 1e-9)
-            log.info("%s [%-30s] %d/%d images (%.0f%%), %.1f images/s", self.what, bar, self.done, self.total,
-                     100 * fraction, rate)
+            log.info("%s [%-30s] %d/%d images (%.0f%%), %.1f images/s; by node: %s", self.what, bar, self.done,
+                     self.total, 100 * fraction, rate, self.nodes())
+
+    def nodes(self) -> str:
+        return ", ".join(f"{node[:8]} {count}" for node, count in self.per_node.most_common())
 
 
 def run_inference(env: EnvConfig, monitor: Monitor) -> None:
@@ -83,7 +90,6 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     detections: dict[str, list[Annotation]] = {}
     scores: list[tuple[str, float]] = []
     bad = Issues()
-    per_node: Counter = Counter()
     progress = Progress(monitor, len(images), what)
     with ray_session(params.ray_address, gpu_ids):
         for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):
@@ -95,10 +101,9 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
                 if env.run_infer:
                     detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
                 scores.append((path, float(score)))
-            per_node.update(str(n) for n in batch["node"])
-            progress.add(len(batch["path"]))
-    log.info("model actors ran on %d node(s): %s", len(per_node),
-             ", ".join(f"{node[:8]}: {count} images" for node, count in per_node.most_common()))
+            progress.add([str(n) for n in batch["node"]])
+    log.info("model actors ran on %d node(s): %s", len(progress.per_node),
+             ", ".join(f"{node[:8]}: {count} images" for node, count in progress.per_node.most_common()))
     bad.warn("candidate set")
     missing = set(images) - {p for p, _ in scores}
     if missing:  # never expected: Ray retries lost work; fail rather than write a partial ranking

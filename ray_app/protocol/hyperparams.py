@@ -80,6 +80,7 @@ class TrainingParams(CommonParams):
     cfg_options: str = ""
     args_options: str = ""
     ymir_saved_file_patterns: str = ""
+    ray_storage_path: str = ""
     pretrained_model_params: list[str] = []
 
     @field_validator("export_format")

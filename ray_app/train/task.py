@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 from pathlib import Path
 
+import pyarrow.fs
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -22,10 +22,11 @@ from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
-from ray_app.ray_session import check_gpus, on_this_node, ray_session
+from ray_app.ray_session import check_cluster_gpus, check_gpus, on_this_node, ray_session
 from ray_app.train.config import build_config, evaluate_config, parse_cfg_options, set_warmup
 from ray_app.train.outputs import TrainingOutputsActor
 from ray_app.train.pretrained import pretrained_weights
+from ray_app.train.staging import DatasetServer
 from ray_app.train.worker import train_worker
 from ray_app.train.zoo import config_path
 
@@ -39,6 +40,7 @@ def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
     """One worker per GPU, else ``cpu_num_workers`` CPU workers sharing the cluster's CPUs
     equally (each worker's torch uses as many threads as it was given CPUs)."""
     if gpu_ids:
+        check_cluster_gpus(len(gpu_ids))
         return ScalingConfig(num_workers=len(gpu_ids), use_gpu=True, resources_per_worker={"GPU": 1, "CPU": 1})
     available = ray.cluster_resources().get("CPU", 0)
     if params.cpu_num_workers > available:
@@ -46,6 +48,32 @@ def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
                                           f"CPUs but the Ray cluster has {available:g}")
     per_worker = max(1, int(available // params.cpu_num_workers))
     return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": per_worker})
+
+
+def storage_path(params: TrainingParams, scratch: Path) -> str:
+    """Where Ray Train keeps resume checkpoints: ``ray_storage_path`` when given (shared
+    storage: an NFS path mounted on every node, ``s3://``, ``gs://``), else under /out.
+
+    Ray Train needs every worker to reach this storage; on a cluster of several nodes a path
+    under the container's /out is not such a place, so the run is refused up front rather
+    than failing once the workers start."""
+    if params.ray_storage_path:
+        return params.ray_storage_path
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    if len(nodes) > 1:
+        raise YmirError(ErrorCode.CONFIG, f"training on a Ray cluster of {len(nodes)} nodes needs ray_storage_path: "
+                                          "storage every node can reach (an NFS path mounted on all nodes, s3://, "
+                                          "gs://) for Ray Train's resume checkpoints")
+    return str(scratch / "ray_results")
+
+
+def remove_resume_state(storage: str, experiment: str) -> None:
+    """Resume checkpoints are not needed once training is done: remove this run's folder."""
+    try:
+        filesystem, root = pyarrow.fs.FileSystem.from_uri(storage if "://" in storage else str(Path(storage).resolve()))
+        filesystem.delete_dir(f"{root.rstrip('/')}/{experiment}")
+    except (OSError, pyarrow.ArrowException) as error:  # leftovers are harmless; say so and go on
+        log.warning("could not remove Ray Train's resume state under %s: %s", storage, error)
 
 
 def run_training(env: EnvConfig, monitor: Monitor) -> None:
@@ -78,14 +106,21 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     with ray_session(params.ray_address, gpu_ids):
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
             env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, config_text)
+        coco_files = [str(scratch / "data" / "train.json"), str(scratch / "data" / "val.json")]
+        server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
+            coco_files, [cfg.load_from] if cfg.get("load_from") else [])
+        storage = storage_path(params, scratch)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"cfg": cfg, "use_gpu": bool(gpu_ids), "work_root": str(scratch / "work"),
-                               "outputs": outputs, "saved_file_pattern": params.ymir_saved_file_patterns},
+                               "outputs": outputs, "saved_file_pattern": params.ymir_saved_file_patterns,
+                               "driver_node": ray.get_runtime_context().get_node_id(), "dataset_server": server,
+                               "coco_files": coco_files, "class_names": params.class_names,
+                               "task_id": env.task_id},
             scaling_config=scaling(params, gpu_ids),
             run_config=RunConfig(
                 name=f"ymir-{env.task_id}",
-                storage_path=str(scratch / "ray_results"),
+                storage_path=storage,
                 failure_config=FailureConfig(max_failures=MAX_FAILURES),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
@@ -105,5 +140,5 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         stages = ray.get(outputs.summary.remote())
     if not stages:
         raise YmirError(ErrorCode.CONFIG, "training ended without a validated model stage")
-    shutil.rmtree(scratch / "ray_results", ignore_errors=True)  # resume state: not needed any more
+    remove_resume_state(storage, f"ymir-{env.task_id}")
     log.info("training done: stages %s", stages)

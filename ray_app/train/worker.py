@@ -13,7 +13,9 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from ray_app.train.config import set_dataset
 from ray_app.train.hooks import RESUME_FILE, YmirTrainHook
+from ray_app.train.staging import stage_dataset
 
 
 def local_work_dir(preferred: str, rank: int) -> Path:
@@ -51,6 +53,16 @@ def train_worker(config: dict[str, Any]) -> None:
     rank = context.get_world_rank()
     use_gpu = torch.cuda.is_available() and config["use_gpu"]
     adapt_to_device(cfg, use_gpu, context.get_world_size())
+    node = ray.get_runtime_context().get_node_id()
+    remote = node != config["driver_node"]
+    print(f"[rank {rank}] Ray Train worker on node {node[:8]}"
+          f"{' (another node than the driver: staging the data)' if remote else ''}", flush=True)
+    if remote:  # /in and /out are not here
+        staged = stage_dataset(config["dataset_server"], config["task_id"])
+        train_json, val_json = config["coco_files"]
+        set_dataset(cfg, Path(staged[train_json]), Path(staged[val_json]), config["class_names"])
+        if cfg.get("load_from"):
+            cfg.load_from = staged[cfg.load_from]
     work_dir = local_work_dir(config["work_root"], rank)
     cfg.work_dir = str(work_dir)
     tensorboard_dir = work_dir / "tensorboard"
@@ -72,3 +84,5 @@ def train_worker(config: dict[str, Any]) -> None:
     runner.register_hook(YmirTrainHook(config["outputs"], tensorboard_dir, config.get("saved_file_pattern", "")),
                          priority="LOWEST")
     runner.train()
+    if remote and context.get_local_rank() == 0:  # every rank is past the last validation: done with the copy
+        shutil.rmtree(Path(staged[train_json]).parent, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""The executor on an existing Ray cluster: several Ray nodes on this machine
+(``ray.cluster_utils.Cluster``), joined through ``ray_address`` as an operator would."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ray.cluster_utils import Cluster
+
+from conftest import REPO, TRAIN_CONFIG, Run, best_stage_files, run_entry
+from ray_app.data.sample import SampleData, make_dataset, write_task
+
+pytestmark = pytest.mark.slow
+
+
+def read_tsv(out: Path) -> dict[str, float]:
+    return {p: float(s) for p, s in (line.split("\t") for line in (out / "result.tsv").read_text().splitlines())}
+
+
+def read_boxes(out: Path) -> dict[str, list[tuple]]:
+    result = json.loads((out / "infer-result.json").read_text())["detection"]
+    return {name: sorted((b["class_name"], b["box"]["x"], b["box"]["y"], b["box"]["w"], b["box"]["h"], b["score"])
+                         for b in entry["boxes"]) for name, entry in result.items()}
+
+
+def inference_task(root: Path, data: SampleData, trained: Run, **config) -> Path:
+    models, files = best_stage_files(trained)
+    base = dict(model_params_path=files, img_size=128, samples_per_gpu=2, cpu_num_workers=2)
+    return write_task(root, data, run_mining=True, run_infer=True, models_dir=models,
+                      config={**base, "mining_algorithm": "entropy", **config})
+
+
+def start_cluster(head_cpus: int, worker_cpus: list[int]) -> Cluster:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
+    for cpus in worker_cpus:
+        cluster.add_node(num_cpus=cpus)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def test_inference_on_two_nodes_matches_one_node(tmp_path, sample, trained):
+    """Mining + infer with model actors on two nodes gives the outputs of a one-node run."""
+    one = run_entry(inference_task(tmp_path / "one", sample, trained, cpu_num_workers=1))
+    assert one.returncode == 0, one.output[-3000:]
+    cluster = start_cluster(2, [2])
+    try:
+        two = run_entry(inference_task(tmp_path / "two", sample, trained, ray_address=cluster.address))
+    finally:
+        cluster.shutdown()
+    assert two.returncode == 0, two.output[-3000:]
+    assert "joining the Ray cluster" in two.output and "Ray cluster: 2 node(s)" in two.output
+    worked = re.search(r"model actors ran on (\d+) node\(s\): (.*)", two.output)
+    assert worked.group(1) == "2", worked.group(0)  # both nodes did part of the work
+    assert sum(int(c) for c in re.findall(r": (\d+) images", worked.group(2))) == 12
+    boxes_one, boxes_two = read_boxes(one.out), read_boxes(two.out)
+    assert boxes_one.keys() == boxes_two.keys() and len(boxes_one) == 12
+    for name in boxes_one:  # the same boxes; scores equal up to float noise of other batchings
+        a, b = boxes_one[name], boxes_two[name]
+        assert [x[:5] for x in a] == [x[:5] for x in b], name
+        assert all(abs(x[5] - y[5]) < 1e-3 for x, y in zip(a, b)), name
+    scores_one, scores_two = read_tsv(one.out), read_tsv(two.out)
+    assert scores_one.keys() == scores_two.keys()
+    assert all(abs(scores_one[p] - scores_two[p]) < 1e-3 for p in scores_one)
+
+
+def test_training_on_two_nodes(tmp_path, sample, trained):
+    """Train workers on two nodes: data staged through Ray to the node without /in, resume
+    checkpoints in ``ray_storage_path``, stages in /out/models as on one machine. Without
+    ``ray_storage_path`` a multi-node run is refused with 300001 before anything starts."""
+    models, files = best_stage_files(trained)
+    config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "pretrained_model_params": files}
+    # one CPU per node: the two workers (1 CPU each) cannot share a node
+    cluster = start_cluster(1, [1, 1])
+    try:
+        refused = run_entry(write_task(tmp_path / "refused", sample, run_training=True, models_dir=models,
+                                       config={**config, "ray_address": cluster.address}))
+        shared = tmp_path / "shared-storage"
+        run = run_entry(write_task(tmp_path / "train", sample, run_training=True, models_dir=models,
+                                   config={**config, "ray_address": cluster.address,
+                                           "ray_storage_path": str(shared)}))
+    finally:
+        cluster.shutdown()
+    assert refused.returncode == 1 and refused.monitor()[3:5] == ["4", "300001"]
+    assert "needs ray_storage_path" in refused.monitor()[5]
+
+    assert run.returncode == 0, run.output[-5000:]
+    workers = set(re.findall(r"\[rank (\d)\] Ray Train worker on node (\w+)( \(another node)?", run.output))
+    assert len({node for _, node, _ in workers}) == 2, run.output[-3000:]  # the two ranks on two nodes
+    assert any(elsewhere for _, _, elsewhere in workers), workers  # at least one without /in and /out
+    # the pretrained weights and the COCO files reached the other node through Ray
+    assert re.search(r"checkpoint by local backend from path: \S+/staged-\S+/extra0-pretrained\.pth", run.output), \
+        run.output[-3000:]
+    result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
+    reference = yaml.safe_load((trained.out / "models" / "result.yaml").read_text())
+    assert "epoch_2" in result["model_stages"] and set(result["model_stages"]) <= {"epoch_1", "epoch_2"}
+    for stage in result["model_stages"].values():  # the same kind of stage as a one-machine run
+        kinds = sorted(Path(f).suffix for f in stage["files"])
+        assert kinds == sorted(Path(f).suffix for f in reference["model_stages"][reference["best_stage_name"]]["files"])
+        assert all((run.out / "models" / stage["stage_name"] / f).is_file() for f in stage["files"])
+    assert result["mAP"] > 0.5 * reference["mAP"]  # started from the pretrained stage, on both nodes
+    assert run.monitor()[3] == "3"
+    assert not list(shared.glob("ymir-*"))  # resume state removed once training is done
+
+
+def test_node_lost_during_inference_loses_no_image(tmp_path, trained):
+    """A worker node that hosts a model actor is removed mid-run: Ray restarts the actor on
+    a remaining node, retries the lost batches, and every image gets its result."""
+    data = make_dataset(tmp_path / "data", n_train=0, n_val=0, n_candidates=400, image_size=128, seed=3)
+    cluster = start_cluster(2, [2, 2])
+    workers = {node.node_id: node for node in cluster.worker_nodes}
+    env_file = inference_task(tmp_path / "task", data, trained, ray_address=cluster.address)
+    env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "log.txt"
+    removed = None
+    try:
+        with open(log, "w") as sink:
+            proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=sink,
+                                    stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while removed is None:  # the driver's progress line says which nodes produced results
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                lines = re.findall(r"\] (\d+)/400 images .*; by node: (.*)", log.read_text())
+                if lines:
+                    done, by_node = int(lines[-1][0]), lines[-1][1]
+                    hosting = [n for n in workers if n[:8] in by_node]
+                    if hosting:
+                        assert done < 360, "too late: the run was nearly over"
+                        removed = hosting[0]
+                        cluster.remove_node(workers[removed])
+                time.sleep(0.1)
+            assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
+    finally:
+        cluster.shutdown()
+    text = log.read_text()
+    scores = read_tsv(tmp_path / "task" / "out")
+    names = {Path(line).name for line in data.candidate_index.read_text().split()}
+    assert set(map(lambda p: Path(p).name, scores)) == names and len(scores) == 400
+    assert set(read_boxes(tmp_path / "task" / "out")) == names
+    assert all(s >= 0 for s in scores.values())  # no image was reported unreadable
+    assert "400/400 images" in text
