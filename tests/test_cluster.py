@@ -47,12 +47,13 @@ def start_cluster(head_cpus: int, worker_cpus: list[int]) -> Cluster:
 
 
 def test_inference_on_two_nodes_matches_one_node(tmp_path, sample, trained):
-    """Mining + infer with model actors on two nodes gives the outputs of a one-node run."""
+    """Mining + infer with model actors on two nodes gives the outputs of a one-node run.
+    The cluster is given by ``RAY_ADDRESS`` here (the hyperparameter in the other tests)."""
     one = run_entry(inference_task(tmp_path / "one", sample, trained, cpu_num_workers=1))
     assert one.returncode == 0, one.output[-3000:]
     cluster = start_cluster(2, [2])
     try:
-        two = run_entry(inference_task(tmp_path / "two", sample, trained, ray_address=cluster.address))
+        two = run_entry(inference_task(tmp_path / "two", sample, trained), extra_env={"RAY_ADDRESS": cluster.address})
     finally:
         cluster.shutdown()
     assert two.returncode == 0, two.output[-3000:]
@@ -147,3 +148,18 @@ def test_node_lost_during_inference_loses_no_image(tmp_path, trained):
     assert set(read_boxes(tmp_path / "task" / "out")) == names
     assert all(s >= 0 for s in scores.values())  # no image was reported unreadable
     assert "400/400 images" in text
+
+
+@pytest.mark.parametrize(("address", "code", "says"), [
+    ("127.0.0.1:9", "300301", "cannot reach the Ray cluster at 127.0.0.1:9"),
+    ("ray://127.0.0.1:10001", "300001", "is a Ray Client address"),
+])
+def test_unusable_cluster_address(tmp_path, sample, address, code, says):
+    """A cluster that does not answer fails at once with 300301 (not minutes of retries);
+    a Ray Client address is refused with 300001 and says what to give instead."""
+    config = {**TRAIN_CONFIG, "max_epochs": 1, "ray_address": address}
+    start = time.monotonic()
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config), timeout=120)
+    assert run.returncode == 1 and run.monitor()[3:5] == ["4", code], run.output[-2000:]
+    assert says in run.monitor()[5]
+    assert time.monotonic() - start < 60
