@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from ray_app.protocol import EnvConfig, ErrorCode, Monitor, YmirError, env_file_path, load_env
-from ray_app.protocol.errors import classify
+from ray_app.protocol.errors import describe
 from ray_app.protocol.env import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, EnvOutput
 
 log = logging.getLogger("ray_app")
@@ -103,6 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         _report(monitor or _fallback_monitor(), ErrorCode.CONFIG, f"interrupted ({type(e).__name__} {e})",
                 traceback.format_exc())
     except Exception as e:  # the unexpected: still a YMIR error, with the traceback to act on
-        code = classify(e)
-        _report(monitor or _fallback_monitor(), code, f"{type(e).__name__}: {e}", traceback.format_exc())
+        code, message = describe(e)
+        _report(monitor or _fallback_monitor(), code, message, traceback.format_exc())
     return 1

@@ -11,7 +11,7 @@ import yaml
 
 from ray_app.protocol.atomic import atomic_write_text
 from ray_app.protocol.env import load_env, version_tuple
-from ray_app.protocol.errors import ErrorCode, YmirError, classify
+from ray_app.protocol.errors import ErrorCode, YmirError, classify, describe
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
 from ray_app.protocol.monitor import Monitor, TaskState
 from ray_app.protocol.writers import (Annotation, Box, ModelStage, TrainingResult, write_infer_result,
@@ -170,3 +170,14 @@ def test_classify_unexpected_errors():
     assert classify(RuntimeError("CUDA out of memory. Tried to allocate")) == ErrorCode.OUT_OF_MEMORY
     assert classify(RuntimeError("No CUDA GPUs are available")) == ErrorCode.NO_GPU
     assert classify(ValueError("something else")) == ErrorCode.CONFIG
+
+
+def test_out_of_memory_says_what_to_try():
+    """A CUDA OOM (as Ray Train re-raises it: wrapped, multi-line) is 300103 in one line that
+    suggests a smaller samples_per_gpu."""
+    wrapped = RuntimeError("Training failed.\nTraceback ...\ntorch.OutOfMemoryError: CUDA out of memory. "
+                           "Tried to allocate 2.00 GiB" + " x" * 400)
+    code, message = describe(wrapped)
+    assert code == ErrorCode.OUT_OF_MEMORY and "\n" not in message
+    assert message.endswith("(try a smaller samples_per_gpu (or img_size))") and len(message) < 600
+    assert describe(ValueError("odd")) == (ErrorCode.CONFIG, "ValueError: odd")

@@ -49,3 +49,22 @@ def classify(error: BaseException) -> ErrorCode:
     if "nan" in text.split() or "loss is nan" in text:
         return ErrorCode.NAN_LOSS
     return ErrorCode.CONFIG
+
+
+#: What a user can change, for the codes where the fix is a hyperparameter
+HINTS = {
+    ErrorCode.OUT_OF_MEMORY: "try a smaller samples_per_gpu (or img_size)",
+    ErrorCode.NO_GPU: "give gpu_id only for GPUs the container (or the Ray cluster) has",
+    ErrorCode.NAN_LOSS: "try a smaller learning_rate",
+}
+
+
+def describe(error: BaseException) -> tuple[ErrorCode, str]:
+    """Code and one-line message for an exception nobody turned into a :class:`YmirError`,
+    with what to try where the code has an obvious remedy (out of memory: a smaller batch)."""
+    code = classify(error)
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    if len(text) > 500:  # Ray's wrapped errors carry whole tracebacks; those go below the line
+        text = text[:500] + " ..."
+    hint = HINTS.get(code)
+    return code, f"{text} ({hint})" if hint else text
