@@ -69,3 +69,37 @@ def test_bare_state_dict_is_accepted(tmp_path):
     path = tmp_path / "bare.pth"
     torch.save({"w": torch.zeros(3)}, path)
     assert set(load_checkpoint_file(path)["state_dict"]) == {"w"}
+
+
+def test_stage_config_is_read_as_data(tmp_path):
+    """A dumped mmengine config (what every stage holds) loads to the same values as
+    ``Config.fromfile``, without running it."""
+    from mmengine.config import Config
+
+    from ray_app.config_files import load_config_safely
+    from ray_app.train.zoo import config_path
+
+    dumped = tmp_path / "stage_config.py"
+    reference = Config.fromfile(str(config_path("yolov8_n")))
+    dumped.write_text(reference.pretty_text)
+    safe = load_config_safely(dumped)
+    assert safe.to_dict() == Config.fromfile(str(dumped)).to_dict()
+    assert safe.model.type == "YOLODetector" and safe.test_pipeline[0]["type"] == "LoadImageFromFile"
+
+
+@pytest.mark.parametrize("code", [
+    "import os\nos.system('touch {marker}')\n",
+    "model = dict(type=__import__('os').system('touch {marker}'))\n",
+    "x = [f() for f in ()]\nmodel = open('{marker}', 'w')\n",
+    "_base_ = ['../other.py']\n",
+])
+def test_config_with_code_is_refused(tmp_path, code):
+    """A model config that would execute anything is 300004, and nothing ran."""
+    from ray_app.config_files import UnsafeConfig, load_config_safely
+
+    marker = tmp_path / "ran"
+    config = tmp_path / "evil_config.py"
+    config.write_text(code.format(marker=marker))
+    with pytest.raises(UnsafeConfig):
+        load_config_safely(config)
+    assert not marker.exists()

@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config
 
 from ray_app.checkpoints import load_checkpoint_file
+from ray_app.config_files import load_config_safely
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
@@ -45,8 +46,8 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     if config_file is None:
         raise YmirError(ErrorCode.MODEL, f"model_params_path {params.model_params_path} holds no config (.py) file")
     try:
-        cfg = Config.fromfile(str(config_file))
-    except Exception as e:  # a config is code; any failure means the stage is unusable
+        cfg = load_config_safely(config_file)  # read as data: a model file never runs code here
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
         raise YmirError(ErrorCode.MODEL, f"model config {config_file} cannot be read: {type(e).__name__}: {e}") from None
     checkpoint = load_checkpoint_file(weights)
     model_classes = list((checkpoint.get("meta", {}).get("dataset_meta") or {}).get("classes") or [])
