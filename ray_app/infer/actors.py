@@ -8,6 +8,7 @@ as an empty result instead of failing its batch.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -74,8 +75,10 @@ class DetectorActor:
         bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
         device = "cuda:0" if use_gpu and torch.cuda.is_available() else "cpu"
         if device == "cpu":
+            # its share of the CPUs, rounded up: the forward pass is the bottleneck, and the
+            # preprocessing actors' share is mostly idle while it runs
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, int(round(cpus))))
+            torch.set_num_threads(max(1, math.ceil(cpus - 1e-6)))
         self.detector = Detector(bundle, device)
         self.algorithm = algorithm
         self.conf_threshold = conf_threshold

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -34,8 +35,9 @@ class ActorPlan:
 
 
 def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
-    """One model actor per GPU, else ``cpu_num_workers`` CPU actors, leaving the CPU that
-    reading and preprocessing need."""
+    """One model actor per GPU, else ``cpu_num_workers`` CPU actors: on one machine they
+    share the CPUs that reading and one preprocessor leave (each runs torch with its share,
+    rounded up); on a cluster each takes one CPU, which fits on any node."""
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
@@ -44,7 +46,11 @@ def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
     if needed > available:
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and image decoding "
                                           f"need {needed:g} CPUs; the Ray cluster has {available:g}")
-    return ActorPlan(count=params.cpu_num_workers, num_cpus=1)
+    if len([n for n in ray.nodes() if n["Alive"]]) > 1:  # a share of the sum may fit no single node
+        return ActorPlan(count=params.cpu_num_workers, num_cpus=1)
+    # one machine: the CPU actors share what reading and one preprocessor leave
+    share = (available - PREPROCESS_CPUS - READ_CPUS) / params.cpu_num_workers
+    return ActorPlan(count=params.cpu_num_workers, num_cpus=math.floor(share * 10) / 10)
 
 
 def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, algorithm: str | None,
