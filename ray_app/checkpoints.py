@@ -109,8 +109,11 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=allowlist_pickle)
     except pickle.UnpicklingError as e:
         found = re.search(r"Unsupported global: (\S+)", str(e))
-        reason = f"it holds a pickled {found.group(1)}, which is not allowed" if found else str(e).splitlines()[0]
-        raise YmirError(ErrorCode.MODEL, f"model file {path} was refused: {reason}") from None
+        if not found:  # not a pickle we refused: a file that is no checkpoint at all
+            raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
+                                             f"{str(e).splitlines()[0]}") from None
+        raise YmirError(ErrorCode.MODEL, f"model file {path} was refused: it holds a pickled {found.group(1)}, "
+                                         "which is not allowed") from None
     except (RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
                                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray_app.protocol import EnvConfig, ErrorCode, Monitor, YmirError, env_file_path, load_env
 from ray_app.protocol.errors import describe
-from ray_app.protocol.env import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, EnvOutput
+from ray_app.protocol.env import DEFAULT_ENV_FILE, ENV_FILE_VARIABLE, EnvOutput, check_outputs
 
 log = logging.getLogger("ray_app")
 
@@ -66,12 +66,39 @@ def dispatch(env: EnvConfig, monitor: Monitor) -> None:
         raise YmirError(ErrorCode.CONFIG, "env.yaml sets none of run_training, run_mining, run_infer: nothing to do")
 
 
+def open_monitor(env: EnvConfig) -> Monitor:
+    """The task's monitor, once its first line is written: the proof that /out is usable.
+
+    The output root is not created: the platform mounts it, and creating a missing one would
+    hide a broken mount behind results nobody collects. When the monitor cannot be written
+    (no folder, read-only, full) stderr is the only channel left, so this is a YmirError that
+    names the path and the reason, raised before any work starts.
+    """
+    root, path = Path(env.output.root_dir), env.output.monitor_file
+    if not root.is_dir():
+        raise YmirError(ErrorCode.CONFIG, f"output root_dir {root} is not a folder: it must exist and be writable")
+    check_outputs(env, ["monitor_file"])
+    try:
+        monitor = Monitor(path, env.task_id, root)
+        monitor.progress(0.0, force=True)
+    except OSError as e:
+        raise YmirError(ErrorCode.CONFIG, f"cannot write the monitor file {path}: {e.strerror or e} "
+                                          f"(output root_dir {root} must be writable)") from None
+    return monitor
+
+
 def _fallback_monitor(task_id: str = "unknown-task") -> Monitor | None:
     """Where to report when env.yaml itself is unusable: the standard /out, if it exists."""
     out = EnvOutput()
     if Path(out.root_dir).is_dir():
         return Monitor(out.monitor_file, task_id, out.root_dir)
     return None
+
+
+def _error_monitor(env: EnvConfig | None, monitor: Monitor | None) -> Monitor | None:
+    """Where a failure is reported: the task's monitor; the standard /out one when env.yaml
+    could not be read; none (stderr only) when the task's own monitor cannot be written."""
+    return _fallback_monitor() if env is None else monitor
 
 
 def _report(monitor: Monitor | None, code: int, message: str, trace: str) -> None:
@@ -88,21 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     build_parser().parse_args(argv)
     configure_logging()
     signal.signal(signal.SIGTERM, _terminate)
+    env: EnvConfig | None = None
     monitor: Monitor | None = None
     try:
         env = load_env(env_file_path())
-        monitor = Monitor(env.output.monitor_file, env.task_id, env.output.root_dir)
-        monitor.progress(0.0, force=True)
+        monitor = open_monitor(env)
+        check_outputs(env)
         dispatch(env, monitor)
         monitor.done()
         log.info("task done")
         return 0
     except YmirError as e:
-        _report(monitor or _fallback_monitor(), e.code, e.message, traceback.format_exc())
+        _report(_error_monitor(env, monitor), e.code, e.message, traceback.format_exc())
     except (KeyboardInterrupt, SystemExit) as e:
-        _report(monitor or _fallback_monitor(), ErrorCode.CONFIG, f"interrupted ({type(e).__name__} {e})",
+        _report(_error_monitor(env, monitor), ErrorCode.CONFIG, f"interrupted ({type(e).__name__} {e})",
                 traceback.format_exc())
     except Exception as e:  # the unexpected: still a YMIR error, with the traceback to act on
         code, message = describe(e)
-        _report(monitor or _fallback_monitor(), code, message, traceback.format_exc())
+        _report(_error_monitor(env, monitor), code, message, traceback.format_exc())
     return 1

@@ -104,7 +104,8 @@ def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         log.info("starting a local Ray (%d CPUs, %d GPUs)", os.cpu_count() or 1, len(gpu_ids))
-        ray.init(num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=True,
+        # address="local": always a new Ray of our own, even if another runs on this machine
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=True,
                  log_to_driver=True, configure_logging=False)
     try:
         yield

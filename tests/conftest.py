@@ -31,13 +31,15 @@ class Run:
         return (self.out / "monitor.txt").read_text().splitlines()[0].split("\t")
 
 
-def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | None = None) -> Run:
-    """``python -m ray_app`` with the env file, as /usr/bin/start.sh runs it."""
+def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | None = None,
+              out: Path | None = None) -> Run:
+    """``python -m ray_app`` with the env file, as /usr/bin/start.sh runs it. ``out``: the
+    task's out dir, for an env file that cannot say it (a broken one)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # only what the test gives
     env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
     proc = subprocess.run([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
-    out = Path(yaml.safe_load(Path(env_file).read_text())["output"]["root_dir"])
+    out = out or Path(yaml.safe_load(Path(env_file).read_text())["output"]["root_dir"])
     return Run(proc.returncode, proc.stdout + proc.stderr, out)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 from PIL import Image
@@ -100,3 +101,21 @@ def test_duplicate_basenames_refused():
     check_unique_basenames(["/a/x.jpg", "/b/y.jpg", "/a/x.jpg"], "candidate")
     with pytest.raises(YmirError, match="x.jpg"):
         check_unique_basenames(["/a/x.jpg", "/b/x.jpg"], "candidate")
+
+
+def test_truncated_images_are_skipped_trailing_data_is_not(tmp_path, images):
+    """A file cut short reads its header but does not decode (the training loader would fail
+    on it): skipped. Data after a complete image (a motion photo's video) is harmless: kept."""
+    jpeg = tmp_path / "full.jpg"
+    Image.effect_noise((64, 48), 50).convert("RGB").save(jpeg)
+    png = images[0].read_bytes()
+    files = {"cut.jpg": jpeg.read_bytes()[:-10], "cut.png": png[:-12],
+             "tail.jpg": jpeg.read_bytes() + b"\0" * 5000, "tail.png": png + b"extra"}
+    for name, data in files.items():
+        write(tmp_path / "assets" / name, "").write_bytes(data)
+    index = write(tmp_path / "idx.tsv", "".join(f"{tmp_path / 'assets' / name}\t\n" for name in files))
+    report = to_coco(read_index(index, "training", True), NAMES, "ark:raw", tmp_path / "o.json", tmp_path)
+    kept = [i["file_name"] for i in json.loads((tmp_path / "o.json").read_text())["images"]]
+    assert [os.path.basename(k) for k in kept] == ["tail.jpg", "tail.png"]
+    assert report.issues.counts == {"unreadable_image": 2}
+    assert all("TruncatedImageError" in e for e in report.issues.examples["unreadable_image"])

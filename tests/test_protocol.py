@@ -181,3 +181,16 @@ def test_out_of_memory_says_what_to_try():
     assert code == ErrorCode.OUT_OF_MEMORY and "\n" not in message
     assert message.endswith("(try a smaller samples_per_gpu (or img_size))") and len(message) < 600
     assert describe(ValueError("odd")) == (ErrorCode.CONFIG, "ValueError: odd")
+
+
+def test_ymir_error_survives_ray():
+    """Ray pickles an error raised in an actor or task; one raised while an actor starts
+    reaches the driver only as traceback text. Both ways the code and message come back."""
+    import pickle
+
+    error = YmirError(ErrorCode.MODEL, "weights w.pth do not fit the config")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.code, again.message) == (ErrorCode.MODEL, "weights w.pth do not fit the config")
+    wrapped = RuntimeError("The actor died because of an error raised in its creation task\nTraceback ...\n"
+                           f"ray_app.protocol.errors.YmirError: {error}\n")
+    assert describe(wrapped) == (ErrorCode.MODEL, "weights w.pth do not fit the config")

@@ -23,7 +23,7 @@ ISSUE_KINDS = {
     "clipped_box": "boxes reaching outside their image (clipped to it)",
     "outside_box": "boxes entirely outside their image (skipped)",
     "unreadable_annotation": "annotation files that cannot be read (image kept with no boxes)",
-    "unreadable_image": "images whose size cannot be read (image skipped)",
+    "unreadable_image": "images that are missing, not images, or truncated (image skipped)",
     "unreadable_candidate": "images that cannot be read or decoded (kept with no boxes, ranked last)",
 }
 

@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -26,10 +27,51 @@ class ConversionReport:
     issues: Issues = field(default_factory=Issues)
 
 
+class TruncatedImageError(OSError):
+    """A JPEG or PNG file cut short: its header reads, its pixels do not decode."""
+
+
+#: the bytes a complete file of these formats ends with
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+
+
 def image_size(path: str) -> tuple[int, int]:
-    """(width, height) from the file header: PIL opens lazily and decodes no pixels."""
+    """(width, height) of a whole image file; OSError for a file cut short.
+
+    The size comes from the header (PIL opens lazily and decodes no pixels). That alone
+    would let a truncated file (an interrupted copy) through, and the training loader would
+    then fail on it in every epoch and every Ray Train restart. A complete JPEG or PNG ends
+    with a fixed marker, so only a file without it is decoded in full, by OpenCV, the decoder
+    mmcv's training loader uses (PIL accepts a PNG that OpenCV refuses): that fails for a
+    truncated file and passes when data follows the image (e.g. a phone's motion photo).
+    Other formats are checked by their header only.
+    """
     with Image.open(path) as image:
+        marker = END_MARKERS.get(image.format or "")
+        if marker and not _ends_with(image.fp, marker) and not _decodes(path):
+            raise TruncatedImageError(f"{path}: truncated {image.format} file")
         return image.size
+
+
+def _ends_with(file: BinaryIO, marker: bytes) -> bool:
+    """Whether ``file`` ends with ``marker``; its position is kept for PIL."""
+    position = file.tell()
+    try:
+        file.seek(0, os.SEEK_END)
+        if file.tell() < len(marker):
+            return False
+        file.seek(-len(marker), os.SEEK_END)
+        return file.read(len(marker)) == marker
+    finally:
+        file.seek(position)
+
+
+def _decodes(path: str) -> bool:
+    """Whether OpenCV decodes the whole file, as ``mmcv.imfrombytes`` does in training."""
+    import cv2  # only for the rare file without its end marker
+    import numpy as np
+
+    return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR) is not None
 
 
 def to_coco(

@@ -8,16 +8,21 @@ keyword) and the executor log file.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import ValidationError
 from ymir_exc import env as ymir_env
 
+from ray_app.protocol.atomic import ensure_under
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.yaml_files import read_yaml_mapping
 
 DEFAULT_ENV_FILE = "/in/env.yaml"
 ENV_FILE_VARIABLE = "YMIR_ENV_FILE"
+#: the ``output:`` paths this executor writes (``executor_log_file`` is written by the platform)
+WRITTEN_OUTPUTS = ("monitor_file", "models_dir", "tensorboard_dir", "training_result_file", "mining_result_file",
+                   "infer_result_file")
 
 
 class EnvInput(ymir_env.EnvInputConfig):
@@ -66,6 +71,24 @@ def load_env(path: str | os.PathLike) -> EnvConfig:
         return EnvConfig.model_validate(raw)
     except ValidationError as e:
         raise YmirError(ErrorCode.CONFIG, f"env file {path}: {describe_validation_error(e)}") from None
+
+
+def check_outputs(env: EnvConfig, names: Iterable[str] = WRITTEN_OUTPUTS) -> None:
+    """Every output this executor writes must lie under ``output.root_dir`` (300001 if not).
+
+    The writers refuse a path outside the root (``protocol/atomic.py``); learning it when a
+    result is written would throw the whole run away, so it is checked before any work. A key
+    left out of ``output:`` takes its default under /out, so a partial ``output:`` section
+    with another root fails here, naming the key.
+    """
+    root = env.output.root_dir
+    for name in names:
+        path = getattr(env.output, name)
+        try:
+            ensure_under(path, root)
+        except ValueError:
+            raise YmirError(ErrorCode.CONFIG, f"env.yaml output.{name} {path} is not under output.root_dir {root}: "
+                                              "every output must be written under it") from None
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import IntEnum
 
 
@@ -32,6 +33,18 @@ class YmirError(Exception):
         self.code = ErrorCode(code)
         self.message = " ".join(message.split())  # one line, always
 
+    def __str__(self) -> str:
+        """``[300004] message``: the code travels in the text, since the text is all Ray keeps
+        of an error raised while an actor starts (``ActorDiedError`` holds its traceback as a
+        string); :func:`describe` reads it back."""
+        return f"[{int(self.code)}] {self.message}"
+
+    def __reduce__(self):
+        """Pickle by code and message. Ray sends an error raised in an actor or task back to
+        the driver pickled; the default (``YmirError(*args)``, one argument) cannot be
+        unpickled, and Ray would report an ``UnserializableException`` in its place."""
+        return type(self), (self.code, self.message)
+
 
 def classify(error: BaseException) -> ErrorCode:
     """The most likely YMIR code for an exception nobody turned into a :class:`YmirError`.
@@ -59,9 +72,18 @@ HINTS = {
 }
 
 
+#: the last traceback line of a YmirError, inside the text of a Ray error that wrapped it
+_WRAPPED = re.compile(r"YmirError: \[(\d{6})\] ([^\n]+)")
+
+
 def describe(error: BaseException) -> tuple[ErrorCode, str]:
     """Code and one-line message for an exception nobody turned into a :class:`YmirError`,
-    with what to try where the code has an obvious remedy (out of memory: a smaller batch)."""
+    with what to try where the code has an obvious remedy (out of memory: a smaller batch).
+    A YmirError raised in a Ray actor or worker and wrapped by Ray keeps its own code and
+    message."""
+    wrapped = _WRAPPED.search(str(error))
+    if wrapped:
+        return ErrorCode(int(wrapped.group(1))), wrapped.group(2).strip()
     code = classify(error)
     text = " ".join(f"{type(error).__name__}: {error}".split())
     if len(text) > 500:  # Ray's wrapped errors carry whole tracebacks; those go below the line

@@ -23,9 +23,21 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, empty_ok: bool) -> dic
     except (OSError, UnicodeDecodeError) as e:
         raise YmirError(ErrorCode.CONFIG, f"{what} {path} cannot be read: {e}") from None
     except yaml.YAMLError as e:
-        raise YmirError(ErrorCode.CONFIG, f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if raw is None and empty_ok:
-        return {}
+        raise YmirError(ErrorCode.CONFIG, f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
+    if raw is None:
+        if empty_ok:
+            return {}
+        raise YmirError(ErrorCode.CONFIG, f"{what} {path} is empty: it must be a YAML mapping")
     if not isinstance(raw, dict):
         raise YmirError(ErrorCode.CONFIG, f"{what} {path} must be a YAML mapping, got {type(raw).__name__}")
     return raw
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's message is several lines quoting the source; a user needs what and where:
+    ``expected ',' or ']', but got ':' (line 2, column 4)``."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(error).split())
