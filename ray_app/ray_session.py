@@ -98,7 +98,7 @@ def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
             join_as_node(address, gpu_ids)
             started_node = True
         ray.init(address=address, log_to_driver=True)
-        log.info("Ray cluster: %d node(s), %s", len([n for n in ray.nodes() if n["Alive"]]),
+        log.info("Ray cluster: %d node(s), %s", alive_nodes(),
                  {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
     else:
         if gpu_ids:
@@ -113,6 +113,11 @@ def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
         ray.shutdown()
         if started_node:  # leave the cluster: this container's node goes away with the task
             subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
+
+
+def alive_nodes() -> int:
+    """How many nodes the Ray this process is connected to has now."""
+    return sum(1 for node in ray.nodes() if node["Alive"])
 
 
 def driver_node_label() -> dict[str, str]:

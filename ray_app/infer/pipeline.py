@@ -14,7 +14,7 @@ from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
-from ray_app.ray_session import check_cluster_gpus, driver_node_label
+from ray_app.ray_session import alive_nodes, check_cluster_gpus, driver_node_label
 
 #: CPU share of one read task (pinned to the driver node; it only does file I/O)
 READ_CPUS = 0.1
@@ -46,7 +46,7 @@ def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
     if needed > available:
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and image decoding "
                                           f"need {needed:g} CPUs; the Ray cluster has {available:g}")
-    if len([n for n in ray.nodes() if n["Alive"]]) > 1:  # a share of the sum may fit no single node
+    if alive_nodes() > 1:  # a share of the sum may fit no single node
         return ActorPlan(count=params.cpu_num_workers, num_cpus=1)
     # one machine: the CPU actors share what reading and one preprocessor leave
     share = (available - PREPROCESS_CPUS - READ_CPUS) / params.cpu_num_workers

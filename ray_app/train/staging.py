@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections import deque
 from pathlib import Path
 
 import ray
@@ -41,18 +42,24 @@ class DatasetServer:
     def __init__(self, coco_files: list[str], extra_files: list[str]) -> None:
         self.coco_files, self.extra_files = list(coco_files), list(extra_files)
         self.token = uuid.uuid4().hex[:12]  # one run's copies are never taken for another's
-        self.allowed = set(self.coco_files) | set(self.extra_files)
-        for coco_file in self.coco_files:
-            self.allowed.update(image["file_name"] for image in json.loads(Path(coco_file).read_text())["images"])
+        self.allowed: set[str] | None = None  # built on the first read: a one-machine run never reads
+
+    def _allowed(self) -> set[str]:
+        if self.allowed is None:
+            self.allowed = set(self.coco_files) | set(self.extra_files)
+            for coco_file in self.coco_files:
+                self.allowed.update(image["file_name"] for image in json.loads(Path(coco_file).read_text())["images"])
+        return self.allowed
 
     def files(self) -> tuple[list[str], list[str], str]:
         return self.coco_files, self.extra_files, self.token
 
     def read(self, paths: list[str]) -> list[bytes | None]:
         """The bytes of each path (``None`` for one that vanished; the dataset reports it)."""
+        allowed = self._allowed()
         out: list[bytes | None] = []
         for path in paths:
-            if path not in self.allowed:
+            if path not in allowed:
                 raise PermissionError(f"{path} is not part of this training run")
             try:
                 out.append(Path(path).read_bytes())
@@ -102,15 +109,20 @@ def stage_dataset(server: ActorHandle, task_id: str) -> dict[str, str]:
 
 def _copy(server: ActorHandle, pairs: list[tuple[str, str]]) -> None:
     """Fetch ``(remote path, local path)`` pairs in chunks, a few requests in flight."""
-    chunks = [pairs[i:i + FILES_PER_REQUEST] for i in range(0, len(pairs), FILES_PER_REQUEST)]
-    pending: list[tuple[ray.ObjectRef, list[tuple[str, str]]]] = []
-    for chunk in chunks + [None] * REQUESTS_IN_FLIGHT:
-        if chunk is not None:
-            pending.append((server.read.remote([remote for remote, _ in chunk]), chunk))
-        if len(pending) > REQUESTS_IN_FLIGHT or (chunk is None and pending):
-            ref, done = pending.pop(0)
-            for (_, local), data in zip(done, ray.get(ref)):
-                if data is not None:  # a missing file stays missing: mmengine reports it like on one node
-                    tmp = f"{local}.part"
-                    Path(tmp).write_bytes(data)
-                    os.replace(tmp, local)
+    pending: deque[tuple[ray.ObjectRef, list[tuple[str, str]]]] = deque()
+    for start in range(0, len(pairs), FILES_PER_REQUEST):
+        chunk = pairs[start:start + FILES_PER_REQUEST]
+        pending.append((server.read.remote([remote for remote, _ in chunk]), chunk))
+        if len(pending) > REQUESTS_IN_FLIGHT:
+            _write(*pending.popleft())
+    while pending:
+        _write(*pending.popleft())
+
+
+def _write(ref: ray.ObjectRef, chunk: list[tuple[str, str]]) -> None:
+    """Write one answered request's files, each under a temporary name then renamed."""
+    for (_, local), data in zip(chunk, ray.get(ref)):
+        if data is not None:  # a missing file stays missing: mmengine reports it like on one node
+            tmp = f"{local}.part"
+            Path(tmp).write_bytes(data)
+            os.replace(tmp, local)

@@ -22,7 +22,7 @@ from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
-from ray_app.ray_session import check_cluster_gpus, check_gpus, on_this_node, ray_session
+from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, on_this_node, ray_session
 from ray_app.train.config import build_config, evaluate_config, parse_cfg_options, set_warmup
 from ray_app.train.outputs import TrainingOutputsActor
 from ray_app.train.pretrained import pretrained_weights
@@ -59,9 +59,9 @@ def storage_path(params: TrainingParams, scratch: Path) -> str:
     than failing once the workers start."""
     if params.ray_storage_path:
         return params.ray_storage_path
-    nodes = [n for n in ray.nodes() if n["Alive"]]
-    if len(nodes) > 1:
-        raise YmirError(ErrorCode.CONFIG, f"training on a Ray cluster of {len(nodes)} nodes needs ray_storage_path: "
+    nodes = alive_nodes()
+    if nodes > 1:
+        raise YmirError(ErrorCode.CONFIG, f"training on a Ray cluster of {nodes} nodes needs ray_storage_path: "
                                           "storage every node can reach (an NFS path mounted on all nodes, s3://, "
                                           "gs://) for Ray Train's resume checkpoints")
     return str(scratch / "ray_results")
