@@ -33,7 +33,7 @@ from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 128
-PROGRESS = re.compile(r"^\S+ (\d\d):(\d\d):(\d\d) INFO ray_app\.infer\.task: .*\] (\d+)/(\d+) images", re.M)
+SUMMARY = re.compile(r"first result after ([\d.]+) s, then ([\d.]+) images/s")
 
 
 def run_entry(env_file: Path) -> tuple[int, str, float]:
@@ -45,10 +45,14 @@ def run_entry(env_file: Path) -> tuple[int, str, float]:
 
 
 def steady_rate(log: str) -> float:
-    """Images per second between the first and the last progress line of the driver."""
-    points = [(int(h) * 3600 + int(m) * 60 + int(s), int(done)) for h, m, s, done, _ in PROGRESS.findall(log)]
-    (t0, n0), (t1, n1) = points[0], points[-1]
-    return (n1 - n0) / max(t1 - t0, 1)
+    """Images per second from the driver's first result to its last, as the entry logs it
+    (``... first result after S s, then R images/s``), so start-up is not counted."""
+    return float(SUMMARY.search(log).group(2))
+
+
+def startup_s(log: str) -> float:
+    """Seconds from the start of the pipeline (Ray start included) to the first result."""
+    return float(SUMMARY.search(log).group(1))
 
 
 def train_stage(work: Path, data) -> tuple[Path, list[str]]:

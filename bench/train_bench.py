@@ -120,7 +120,7 @@ def main() -> None:
     print(f"{'run':24} {'mAP':>6} {'wall s':>7} {'CPU s':>7} {'s/iter':>7} {'iters':>6}")
     for name, row in rows.items():
         print(f"{name:24} {row['mAP']:6.3f} {row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['iter_s_median']:7.3f} "
-              f"{row['iterations']:6d}")
+              f"{int(row['iterations']):6d}")
     print(f"\nper-iteration overhead of Ray Train: {100 * overhead:+.1f}%   fixed start-up cost: {fixed:.1f} s")
     path = save("train", {"args": vars(args), "medians": rows, "runs": runs, "per_iteration_overhead": overhead,
                           "fixed_startup_s": fixed})

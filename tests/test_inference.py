@@ -145,3 +145,56 @@ def test_killed_model_actor_loses_no_image(tmp_path, trained):
     check_infer_result(out, [line for line in data.candidate_index.read_text().split()])
     text = log.read_text()
     assert "worker died or was killed" in text and "300/300 images" in text  # killed, and finished
+
+
+def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
+    """The GPU layout (a preprocessing stage, then the model actor) and the CPU layout (the
+    model actor decodes its own images) give the same boxes and scores; and the CPU actor,
+    called from two threads at once as Ray Data calls it, gives what it gives serially."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    import numpy as np
+    import ray
+
+    from conftest import best_stage_files
+    from ray_app.infer.actors import DetectorActor, Preprocess
+    from ray_app.infer.images import read_batch
+    from ray_app.infer.model import inference_pipeline, load_stage
+
+    models, files = best_stage_files(trained)
+    params = SimpleNamespace(model_params_path=files, class_names=sample.class_names, img_size=128,
+                             conf_threshold=0.05, iou_threshold=0.65)
+    bundle = load_stage(params, str(models))
+    steps = inference_pipeline(bundle.cfg)
+    paths = candidates(sample) + [str(sample.root / "missing.jpg")]
+    batches = [read_batch({"path": np.array(paths[i:i + 4], dtype=object)}) for i in range(0, len(paths), 4)]
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        gpu_layout = DetectorActor(bundle, False, "entropy", 0.05, None, "t1")  # fed by the Preprocess stage
+        preprocess = Preprocess(steps, 128)
+        separate = [gpu_layout(preprocess(batch)) for batch in batches]
+        cpu_layout = DetectorActor(bundle, False, "entropy", 0.05, None, "t1", steps)
+        serial = [cpu_layout(batch) for batch in batches]
+        with ThreadPoolExecutor(2) as pool:
+            threaded = list(pool.map(cpu_layout, batches * 3))
+    finally:
+        ray.shutdown()
+
+    def rows(results):
+        out = {}
+        for r in results:
+            for path, dets, score, error in zip(r["path"], r["detections"], r["score"], r["error"]):
+                out[str(path)] = (np.array(json.loads(dets)).reshape(-1, 6), float(score), bool(error))
+        return out
+
+    reference = rows(separate)
+    assert len(reference) == len(paths) and reference[paths[-1]][2] and reference[paths[-1]][1] == -1
+    assert sum(len(d) for d, _, _ in reference.values()) > 0, "the trained model finds boxes"
+    for other in (rows(serial), rows(threaded)):
+        assert set(other) == set(reference)
+        for path, (dets, score, error) in reference.items():
+            assert other[path][2] == error
+            assert other[path][0].shape == dets.shape, path
+            np.testing.assert_allclose(other[path][0], dets, atol=1e-3)
+            assert abs(other[path][1] - score) < 1e-6

@@ -1,31 +1,34 @@
-"""The Ray Data stages of inference: read (driver node) -> preprocess -> model actors.
+"""The Ray Data stages of inference after the read (``images.read_batch``, on the driver's
+node): preprocess -> model actors.
 
 Rows carry image BYTES from the reader, so preprocessing and the model can run on nodes
 that cannot see /in. Every row keeps ``ok`` and ``error`` so a bad image flows through
 as an empty result instead of failing its batch.
+
+Two layouts (``pipeline.stream_results`` picks one):
+- **GPU**: a pool of ``Preprocess`` actors decodes on the CPUs and hands letterboxed arrays
+  to one ``DetectorActor`` per GPU, so decoding scales with the CPUs, not with the GPUs.
+- **CPU**: each ``DetectorActor`` decodes its own batches (``preprocess_steps`` given) and
+  works on one batch per CPU it holds, in as many threads, each running torch on one
+  thread (see ``model.Detector``). While one thread decodes or runs NMS the others are in
+  the network, and there is no second process with its imports and its copies of every
+  preprocessed image.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import numpy as np
 import ray
 import torch
 
-from ray_app.infer.images import decode_bgr, read_bytes
+from ray_app.infer.images import decode_bgr
 from ray_app.infer.model import Detector, ModelBundle
 from ray_app.mining import aldd, cald, entropy, random_baseline
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
-
-
-def read_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Stage 1 (pinned to the driver's node): path -> bytes."""
-    data, errors = zip(*(read_bytes(str(p)) for p in batch["path"]))
-    return {"path": batch["path"], "data": np.array(data, dtype=object), "error": np.array(errors, dtype=object)}
 
 
 def _jsonable(value: Any) -> Any:
@@ -39,7 +42,8 @@ def _jsonable(value: Any) -> Any:
 
 
 class Preprocess:
-    """Stage 2: decode and run the test pipeline (resize, letterbox) -> CHW uint8 arrays."""
+    """Decode and run the test pipeline (resize, letterbox): as a Ray Data stage of its
+    own (``__call__``, GPU layout) or inside a CPU model actor (``samples``)."""
 
     def __init__(self, steps: list[dict[str, Any]], size: int) -> None:
         from mmengine.dataset import Compose
@@ -49,49 +53,67 @@ class Preprocess:
         self.pipeline = Compose(steps)
         self.blank = np.zeros((3, size, size), dtype=np.uint8)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        inputs, metas, errors = [], [], list(batch["error"])
-        for i, data in enumerate(batch["data"]):
+    def samples(self, data: np.ndarray, errors: list[str]) -> list[dict[str, Any] | None]:
+        """One packed sample (``inputs`` tensor + ``data_samples``) per image, ``None`` for a bad
+        one; ``errors`` gets the reason of each image that fails here."""
+        packed: list[dict[str, Any] | None] = []
+        for i, encoded in enumerate(data):
+            packed.append(None)
             if not errors[i]:
                 try:
-                    packed = self.pipeline(dict(img=decode_bgr(data), img_id=i))
-                    inputs.append(packed["inputs"].numpy())
-                    meta = packed["data_samples"].metainfo
-                    metas.append(json.dumps({k: _jsonable(meta[k]) for k in META_KEYS if k in meta}))
-                    continue
+                    packed[i] = self.pipeline(dict(img=decode_bgr(encoded), img_id=i))
                 except Exception as e:  # any decode/pipeline failure is this image's alone
                     errors[i] = f"{type(e).__name__}: {e}"
-            inputs.append(self.blank)
-            metas.append("{}")
+        return packed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The stage: bytes -> CHW uint8 arrays and JSON meta (plain columns Ray Data can ship)."""
+        errors = list(batch["error"])
+        inputs, metas = [], []
+        for sample in self.samples(batch["data"], errors):
+            if sample is None:
+                inputs.append(self.blank)
+                metas.append("{}")
+                continue
+            inputs.append(sample["inputs"].numpy())
+            meta = sample["data_samples"].metainfo
+            metas.append(json.dumps({k: _jsonable(meta[k]) for k in META_KEYS if k in meta}))
         return {"path": batch["path"], "inputs": np.stack(inputs), "meta": np.array(metas, dtype=object),
                 "error": np.array(errors, dtype=object)}
 
 
 class DetectorActor:
-    """Stage 3: one model per actor (per GPU, or CPU), batched forward pass, mining score."""
+    """One model per actor (per GPU, or CPU): batched forward pass, boxes, mining score.
+
+    Ray Data calls it from several threads at once (``pipeline.ActorPlan.batches_at_once``);
+    the ``Detector`` decides what may run side by side."""
 
     def __init__(self, bundle: ModelBundle | ray.ObjectRef, use_gpu: bool, algorithm: str | None,
-                 conf_threshold: float, class_weights: list[float] | None, task_id: str) -> None:
+                 conf_threshold: float, class_weights: list[float] | None, task_id: str,
+                 preprocess_steps: list[dict[str, Any]] | None = None) -> None:
         bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
         device = "cuda:0" if use_gpu and torch.cuda.is_available() else "cpu"
         if device == "cpu":
-            # its share of the CPUs, rounded up: the forward pass is the bottleneck, and the
-            # preprocessing actors' share is mostly idle while it runs
-            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-            torch.set_num_threads(max(1, math.ceil(cpus - 1e-6)))
+            torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
         self.detector = Detector(bundle, device)
+        self.preprocess = Preprocess(preprocess_steps, int(bundle.cfg.img_scale[0])) if preprocess_steps else None
         self.algorithm = algorithm
         self.conf_threshold = conf_threshold
         self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
         self.task_id = task_id
         self.node_id = ray.get_runtime_context().get_node_id()
-        print(f"model actor ready on node {self.node_id} ({device})", flush=True)
+        print(f"model actor ready on node {self.node_id} ({device}"
+              f"{', decoding its own images' if self.preprocess else ''})", flush=True)
 
-    def _packed(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[dict[str, Any]]:
+    def _unpack(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[dict[str, Any] | None]:
+        """Packed samples from the preprocessing stage's arrays and JSON meta."""
         from mmdet.structures import DetDataSample
 
-        packed = []
-        for i in rows:
+        packed: list[dict[str, Any] | None] = []
+        for i in range(len(errors)):
+            if errors[i]:
+                packed.append(None)
+                continue
             meta = json.loads(batch["meta"][i])
             meta["ori_shape"], meta["img_shape"] = tuple(meta["ori_shape"]), tuple(meta["img_shape"])
             if "scale_factor" in meta:
@@ -104,12 +126,14 @@ class DetectorActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
+        errors = list(batch["error"])
+        samples = self.preprocess.samples(batch["data"], errors) if self.preprocess else self._unpack(batch, errors)
         dets = ["[]"] * n
         scores = np.full(n, -1.0)  # a bad image ranks last
         sizes = np.zeros((n, 2), dtype=np.int64)  # (height, width) of the original image
-        good = [i for i in range(n) if not batch["error"][i]]
+        good = [i for i in range(n) if samples[i] is not None]
         if good:
-            packed = self._packed(batch, good)
+            packed = [samples[i] for i in good]
             detections, class_logits = self.detector.forward(packed)
             image_scores = self._scores(batch, good, packed, detections, class_logits)
             for k, i in enumerate(good):
@@ -118,7 +142,7 @@ class DetectorActor:
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
         return {"path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
-                "height": sizes[:, 0], "width": sizes[:, 1], "error": batch["error"],
+                "height": sizes[:, 0], "width": sizes[:, 1], "error": np.array(errors, dtype=object),
                 "node": np.array([self.node_id] * n, dtype=object)}
 
     def _scores(self, batch, good, packed, detections, class_logits) -> list[float]:

@@ -6,7 +6,9 @@ detector's ``extract_feat`` and head are called directly instead of ``test_step`
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +82,16 @@ def inference_pipeline(cfg: Config) -> list[dict[str, Any]]:
 
 
 class Detector:
-    """An mmyolo detector on one device, with batched inference and dense maps."""
+    """An mmyolo detector on one device, with batched inference and dense maps.
+
+    Safe to call from several threads. On a GPU one batch at a time goes through the
+    network, so batch k's decoding and NMS overlap batch k+1's forward pass. On the CPU the
+    calls run the network side by side, each on one torch thread (the caller sets
+    ``torch.set_num_threads(1)``): whole batches in parallel beat one batch split over
+    threads, whose hundreds of small barrier-synchronised ops stall whenever another
+    process takes a core. Box decoding and NMS run one batch at a time either way (the head
+    caches its priors on itself).
+    """
 
     def __init__(self, bundle: ModelBundle, device: str) -> None:
         from mmdet.apis import init_detector
@@ -97,6 +108,8 @@ class Detector:
                                              f"missing and {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[:3]}")
         self.model.eval()
         self.device = device
+        self._network = threading.Lock() if device != "cpu" else contextlib.nullcontext()
+        self._boxes = threading.Lock()
         self.num_classes = len(bundle.class_names)
 
     @torch.no_grad()
@@ -110,14 +123,16 @@ class Detector:
         images = [p["inputs"] for p in packed]
         if brightness != 1.0:  # on raw pixels, before the model's own normalisation
             images = [(image.float() * brightness).clamp(0, 255).to(image.dtype) for image in images]
-        data = self.model.data_preprocessor({"inputs": images, "data_samples": [p["data_samples"] for p in packed]},
-                                            False)
-        inputs, samples = data["inputs"], data["data_samples"]
-        if flip:
-            inputs = inputs.flip(-1)
         head = self.model.bbox_head
-        outs = head(self.model.extract_feat(inputs))
-        results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
+        with self._network:
+            data = self.model.data_preprocessor({"inputs": images,
+                                                 "data_samples": [p["data_samples"] for p in packed]}, False)
+            inputs, samples = data["inputs"], data["data_samples"]
+            if flip:
+                inputs = inputs.flip(-1)
+            outs = head(self.model.extract_feat(inputs))
+        with self._boxes:
+            results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
         detections = []
         for result, sample in zip(results, samples):
             boxes = result.bboxes.cpu().numpy().astype(np.float64)

@@ -1,4 +1,7 @@
-"""The Ray Data pipeline over the candidate index, streaming results to the driver."""
+"""The Ray Data pipeline over the candidate index, streaming results to the driver.
+
+read (driver's node) -> [preprocess actors: GPU only] -> model actors -> the driver.
+"""
 
 from __future__ import annotations
 
@@ -10,16 +13,19 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext
 
-from ray_app.infer.actors import DetectorActor, Preprocess, read_batch
+from ray_app.infer.actors import DetectorActor, Preprocess
+from ray_app.infer.images import read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.ray_session import alive_nodes, check_cluster_gpus, driver_node_label
 
-#: CPU share of one read task (pinned to the driver node; it only does file I/O)
+#: CPU share of one read task (pinned to the driver's node; it only does file I/O)
 READ_CPUS = 0.1
-#: CPU share of one preprocessing (decode + resize) task
+#: CPU share of one preprocessing (decode + resize) actor of the GPU layout
 PREPROCESS_CPUS = 0.5
+#: batches a GPU model actor works on at once: one in the network, one in unpacking or NMS
+GPU_BATCHES_AT_ONCE = 2
 #: How long the model actors may take to start (model load, or an autoscaler adding nodes)
 #: before the task fails with a clear message instead of waiting forever for resources.
 ACTOR_START_TIMEOUT_S = 600
@@ -32,25 +38,27 @@ class ActorPlan:
     count: int
     num_cpus: float
     num_gpus: float = 0
+    #: batches each actor works on at once, each in its own thread (see ``model.Detector``)
+    batches_at_once: int = GPU_BATCHES_AT_ONCE
 
 
 def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
-    """One model actor per GPU, else ``cpu_num_workers`` CPU actors: on one machine they
-    share the CPUs that reading and one preprocessor leave (each runs torch with its share,
-    rounded up); on a cluster each takes one CPU, which fits on any node."""
+    """One model actor per GPU, else ``cpu_num_workers`` CPU actors that decode their own
+    images and work on one batch per CPU they hold: on one machine they share what the read
+    stage leaves (rounded up to whole batches); on a cluster each takes one CPU, which fits on
+    any node."""
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
     available = ray.cluster_resources().get("CPU", 0)
-    needed = params.cpu_num_workers + PREPROCESS_CPUS + READ_CPUS
+    needed = params.cpu_num_workers + READ_CPUS
     if needed > available:
-        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and image decoding "
+        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and reading "
                                           f"need {needed:g} CPUs; the Ray cluster has {available:g}")
     if alive_nodes() > 1:  # a share of the sum may fit no single node
-        return ActorPlan(count=params.cpu_num_workers, num_cpus=1)
-    # one machine: the CPU actors share what reading and one preprocessor leave
-    share = (available - PREPROCESS_CPUS - READ_CPUS) / params.cpu_num_workers
-    return ActorPlan(count=params.cpu_num_workers, num_cpus=math.floor(share * 10) / 10)
+        return ActorPlan(count=params.cpu_num_workers, num_cpus=1, batches_at_once=1)
+    share = math.floor((available - READ_CPUS) / params.cpu_num_workers * 10) / 10
+    return ActorPlan(count=params.cpu_num_workers, num_cpus=share, batches_at_once=max(1, math.ceil(share)))
 
 
 def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, algorithm: str | None,
@@ -59,10 +67,12 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
 
     Read tasks run on the driver's node (the one that sees /in) and hand image bytes on;
     preprocessing and the model run wherever Ray places them (Ray Data spreads actors over
-    the nodes). The pool waits until every model actor is up, so that one quick actor does
-    not take the whole index while the others are still loading. Ray Data restarts actors
-    (its default ``max_restarts=-1``) and retries their lost batches when a worker or a
-    node dies.
+    the nodes). With GPUs a pool of preprocessing actors (up to ``workers_per_gpu`` per GPU)
+    decodes for the model actors; CPU model actors decode their own images (see ``actors``).
+    The pool waits until every model actor is up, so that one quick actor does not take the
+    whole index while the others are still loading. Ray Data
+    restarts actors (its default ``max_restarts=-1``) and retries their lost batches when a
+    worker or a node dies.
     """
     plan = plan_actors(params, gpu_ids)
     DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
@@ -72,15 +82,18 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
     ds = ds.map_batches(read_batch, batch_size=batch_size, num_cpus=READ_CPUS, label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
-    ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])), batch_size=batch_size,
-                        compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count),
-                        num_cpus=PREPROCESS_CPUS)
+    if gpu_ids:
+        ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])),
+                            batch_size=batch_size, num_cpus=PREPROCESS_CPUS,
+                            compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count))
     ds = ds.map_batches(
         DetectorActor,
         fn_constructor_args=(bundle_ref, bool(gpu_ids), algorithm, params.conf_threshold,
-                             getattr(params, "class_distribution_scores", None) or None, task_id),
-        batch_size=batch_size, compute=ActorPoolStrategy(size=plan.count),
-        num_cpus=plan.num_cpus, num_gpus=plan.num_gpus)
+                             getattr(params, "class_distribution_scores", None) or None, task_id,
+                             None if gpu_ids else steps),
+        batch_size=batch_size, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+        compute=ActorPoolStrategy(size=plan.count, max_concurrent_calls_per_actor=plan.batches_at_once,
+                                  enable_true_multi_threading=True))
     try:
         yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     except ray.exceptions.GetTimeoutError as error:

@@ -49,6 +49,8 @@ class Progress:
         self.done = 0
         self.per_node: Counter = Counter()
         self.start = self.last_log = time.monotonic()
+        self.first: tuple[float, int] | None = None  # (time, images) of the first result
+        self.last = self.start  # time of the latest result
 
     def add(self, nodes: list[str]) -> None:
         """One result per image, with the node whose model actor produced it."""
@@ -58,12 +60,25 @@ class Progress:
         fraction = self.done / self.total
         self.monitor.progress(fraction)
         now = time.monotonic()
+        if self.first is None:
+            self.first = (now, count)
+        self.last = now
         if now - self.last_log >= 10 or self.done == self.total:
             self.last_log = now
             bar = "#" * int(fraction * 30)
             rate = self.done / max(now - self.start, 1e-9)
             log.info("%s [%-30s] %d/%d images (%.0f%%), %.1f images/s; by node: %s", self.what, bar, self.done,
                      self.total, 100 * fraction, rate, self.nodes())
+
+    def summary(self) -> str:
+        """Start-up (until the first result) and the steady rate after it: the two numbers
+        that tell whether a slow task waited for Ray and the models or for the images."""
+        if self.first is None:
+            return f"no results in {time.monotonic() - self.start:.1f} s"
+        first_at, first_count = self.first
+        steady = (self.done - first_count) / max(self.last - first_at, 1e-9)
+        return (f"{self.done} images in {self.last - self.start:.1f} s: first result after "
+                f"{first_at - self.start:.1f} s, then {steady:.1f} images/s")
 
     def nodes(self) -> str:
         return ", ".join(f"{node[:8]} {count}" for node, count in self.per_node.most_common())
@@ -102,6 +117,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
                     detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
                 scores.append((path, float(score)))
             progress.add([str(n) for n in batch["node"]])
+    log.info("%s: %s", what, progress.summary())
     log.info("model actors ran on %d node(s): %s", len(progress.per_node),
              ", ".join(f"{node[:8]}: {count} images" for node, count in progress.per_node.most_common()))
     bad.warn("candidate set")
