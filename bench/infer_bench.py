@@ -103,12 +103,13 @@ def python_json(code: str, *args: str) -> dict:
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": time.monotonic() - start}
 
 
-def crossover(ours: dict, original: dict) -> float | None:
-    """Candidates from which ray_app's whole task is shorter than the original's, from each
-    one's start-up and steady rate (``None``: ray_app is never shorter)."""
+def crossover(ours: dict, original: dict, count: int) -> float | None:
+    """Candidates from which ray_app's whole task is shorter than the original's (``None``:
+    never). Each process's fixed cost is its wall time less ``count`` images at its steady
+    rate (imports, model loading, Ray's start and stop)."""
     per_image = 1 / original["steady_images_per_s"] - 1 / ours["steady_images_per_s"]
-    extra_start = ours["startup_s"] - original["startup_s"]
-    return None if per_image <= 0 else round(max(0.0, extra_start) / per_image)
+    fixed = [run["wall_s"] - count / run["steady_images_per_s"] for run in (ours, original)]
+    return None if per_image <= 0 else round(max(0.0, fixed[0] - fixed[1]) / per_image)
 
 
 def main() -> None:
@@ -188,8 +189,8 @@ def main() -> None:
         print(f"{count:>7} ray_app / original: end to end {ratio:.2f}x, steady {steady_ratio:.2f}x; "
               f"steady / forward limit {result['steady_of_forward_limit']:.0%}")
     first = per_count[args.images[0]]["median"]
-    even = crossover(first["ray_app"], first["original"])
-    layouts = ", ".join(f"{k} {v:.1f}" for k, v in forward.items() if k != "images_per_s")
+    even = crossover(first["ray_app"], first["original"], args.images[0])
+    layouts = ", ".join(f"{k} {v:.1f}" for k, v in forward.items() if k not in ("images_per_s", "wall_s"))
     print(f"forward limit {limit:.2f} img/s ({layouts}); ray_app's task is the shorter from about {even} candidates")
     for algorithm, row in mining.items():
         print(f"mining {algorithm:8} {row['steady_images_per_s']:>8.2f} img/s steady "
