@@ -8,7 +8,9 @@ and against the model's own batched forward pass.
   ``inference_detector`` on one image at a time (decode, pipeline, forward, NMS in turn).
 - **forward limit**: the model's ``_forward`` (backbone, neck, head; no NMS, no I/O) on random
   pre-made tensors of the same batch size, in one process, the best of two layouts: one
-  stream of batches on every torch thread, or one stream per core on one thread each.
+  stream of batches on every torch thread, or one stream per core on one thread each. The
+  model has its BatchNorms folded into the convolutions, as the executor runs it (the
+  original loop runs it unfolded, as the original executor did).
 
 Same stage (yolov8_n trained one epoch on generated data), same images, same machine;
 ray_app and original runs alternate; medians are reported. "steady" is from the first result
@@ -64,7 +66,8 @@ from mmdet.apis import init_detector
 from mmyolo.utils import register_all_modules
 register_all_modules()
 config, weights, size, batch, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-model = init_detector(config, weights, device=device).eval()
+from mmcv.cnn import fuse_conv_bn
+model = fuse_conv_bn(init_detector(config, weights, device=device).eval())  # as the executor runs it
 cores = torch.get_num_threads()
 
 def rate(streams):

@@ -1,0 +1,104 @@
+"""Where the time of one batch goes, stage by stage, as one CPU model-actor thread runs it.
+
+Trains yolov8_n one epoch on generated data (as ``infer_bench.py`` does), then runs the
+actor's steps on batches of ``--batch`` generated 256 px candidates in this process, with
+torch on one thread (each thread of a CPU model actor runs so), and times each step:
+read (file bytes), decode + test pipeline (PIL, letterbox), data preprocessor (stack,
+normalise), network (backbone, neck, head), boxes (decoding, score threshold, NMS) and
+the result rows (JSON). Medians over ``--batches`` batches after two warm-up batches; a
+torch profiler table of the network's top operators is kept beside them.
+
+    .venv/bin/python bench/profile_batch.py [--batch 8] [--batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import save  # noqa: E402
+from bench.scaling_bench import run_entry  # noqa: E402
+from ray_app.data.sample import make_dataset, write_task  # noqa: E402
+
+SIZE = 256
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--batches", type=int, default=40)
+    args = parser.parse_args()
+    import numpy as np
+    import torch
+    import yaml
+
+    from ray_app.infer.actors import Preprocess
+    from ray_app.infer.images import read_batch
+    from ray_app.infer.model import Detector, inference_pipeline, load_stage
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
+        work = Path(tmp)
+        n = args.batch * (args.batches + 2)
+        data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=n, image_size=SIZE, seed=11)
+        config = dict(model_name="yolov8_n", img_size=SIZE, max_epochs=1, val_interval=1, samples_per_gpu=4,
+                      workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1)
+        code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
+        assert code == 0, log[-3000:]
+        models = work / "train" / "out" / "models"
+        result = yaml.safe_load((models / "result.yaml").read_text())
+        best = result["best_stage_name"]
+        params = SimpleNamespace(model_params_path=[f"{best}/{f}" for f in result["model_stages"][best]["files"]],
+                                 class_names=data.class_names, img_size=SIZE, conf_threshold=0.2, iou_threshold=0.65)
+        bundle = load_stage(params, str(models))
+        preprocess = Preprocess(inference_pipeline(bundle.cfg), SIZE)
+        model = Detector(bundle, "cpu").model
+        head = model.bbox_head
+        paths = data.candidate_index.read_text().split()
+        times: dict[str, list[float]] = {k: [] for k in ("read", "decode_and_pipeline", "data_preprocessor",
+                                                          "network", "boxes_and_nms", "result_rows")}
+
+        def timed(name: str, fn, *a, **kw):
+            start = time.perf_counter()
+            out = fn(*a, **kw)
+            times[name].append(1000 * (time.perf_counter() - start))
+            return out
+
+        with torch.no_grad():
+            for i in range(0, len(paths), args.batch):
+                batch = timed("read", read_batch, {"path": np.array(paths[i:i + args.batch], dtype=object)})
+                samples = timed("decode_and_pipeline", preprocess.samples, batch["data"], list(batch["error"]))
+                data_in = timed("data_preprocessor", model.data_preprocessor,
+                                {"inputs": [s["inputs"] for s in samples],
+                                 "data_samples": [s["data_samples"] for s in samples]}, False)
+                outs = timed("network", lambda x: head(model.extract_feat(x)), data_in["inputs"])
+                results = timed("boxes_and_nms", head.predict_by_feat, *outs, rescale=True,
+                                batch_img_metas=[s.metainfo for s in data_in["data_samples"]])
+                timed("result_rows", lambda rs: [json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in
+                                                             zip(r.bboxes, r.scores, r.labels)]) for r in rs], results)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                head(model.extract_feat(data_in["inputs"]))
+        ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
+
+    medians = {k: round(statistics.median(v[2:]), 2) for k, v in times.items()}
+    total = sum(medians.values())
+    print(f"one batch of {args.batch} images ({SIZE} px, yolov8_n), torch on 1 thread, median of {args.batches}:")
+    for name, ms in medians.items():
+        print(f"  {name:22} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
+    print(f"  {'total':22} {total:8.2f} ms  = {1000 * args.batch / total:.1f} images/s on one core")
+    print(ops)
+    path = save("profile", {"batch": args.batch, "batches": args.batches, "img_size": SIZE, "model": "yolov8_n",
+                            "torch_threads": 1, "median_ms": medians, "total_ms": round(total, 2),
+                            "images_per_s_one_core": round(1000 * args.batch / total, 1), "network_top_ops": ops})
+    print(f"full results: {path}")
+
+
+if __name__ == "__main__":
+    main()
