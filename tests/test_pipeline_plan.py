@@ -6,14 +6,14 @@ from ray_app.infer.pipeline import MAX_BATCHES_PER_BLOCK, ActorPlan, rows_per_bl
 
 
 def test_large_sets_get_blocks_of_several_whole_batches():
-    plan = ActorPlan(count=1, num_cpus=1.9, batches_at_once=2)
+    plan = ActorPlan(count=1, num_cpus=2.0, batches_at_once=2)
     assert rows_per_block(2000, 8, plan) == 8 * MAX_BATCHES_PER_BLOCK
     assert rows_per_block(100_000, 16, plan) == 16 * MAX_BATCHES_PER_BLOCK
 
 
 def test_small_sets_keep_every_actor_thread_busy():
     """Blocks shrink (down to one batch) so that each of the actors' threads gets several."""
-    assert rows_per_block(12, 4, ActorPlan(count=1, num_cpus=1.9, batches_at_once=2)) == 4
-    assert rows_per_block(320, 8, ActorPlan(count=1, num_cpus=1.9, batches_at_once=2)) == 32
+    assert rows_per_block(12, 4, ActorPlan(count=1, num_cpus=2.0, batches_at_once=2)) == 4
+    assert rows_per_block(320, 8, ActorPlan(count=1, num_cpus=2.0, batches_at_once=2)) == 32
     assert rows_per_block(320, 8, ActorPlan(count=4, num_cpus=1, num_gpus=1)) == 8  # 4 GPUs x 2 batches at once
     assert rows_per_block(0, 8, ActorPlan(count=1, num_cpus=1)) == 8

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import ray
-from ray.data import ActorPoolStrategy, DataContext
+from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
 from ray_app.infer.actors import DetectorActor, Preprocess
 from ray_app.infer.images import read_batch
@@ -20,8 +20,10 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.ray_session import alive_nodes, check_cluster_gpus, driver_node_label
 
-#: CPU share of one read task (pinned to the driver's node; it only does file I/O)
-READ_CPUS = 0.1
+#: read tasks at once. Reading is file I/O pinned to the driver's node (the one that sees /in),
+#: so it reserves no CPU: model actors that fill that node can never starve it, and a read
+#: never waits for Ray Data's CPU budget while model actors sit idle
+READ_TASKS = 2
 #: batches per read block at most: fewer, larger blocks cost Ray Data less per image
 #: (2,000 images on 2 cores: 81 against 72 images/s), at the price of coarser load balancing
 MAX_BATCHES_PER_BLOCK = 4
@@ -49,20 +51,18 @@ class ActorPlan:
 
 def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
     """One model actor per GPU, else ``cpu_num_workers`` CPU actors that decode their own
-    images and work on one batch per CPU they hold: on one machine they share what the read
-    stage leaves (rounded up to whole batches); on a cluster each takes one CPU, which fits on
-    any node."""
+    images and work on one batch per CPU they hold: on one machine they share its CPUs
+    (rounded up to whole batches); on a cluster each takes one CPU, which fits on any node."""
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
     available = ray.cluster_resources().get("CPU", 0)
-    needed = params.cpu_num_workers + READ_CPUS
-    if needed > available:
-        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors and reading "
-                                          f"need {needed:g} CPUs; the Ray cluster has {available:g}")
+    if params.cpu_num_workers > available:
+        raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors need "
+                                          f"{params.cpu_num_workers} CPUs; the Ray cluster has {available:g}")
     if alive_nodes() > 1:  # a share of the sum may fit no single node
         return ActorPlan(count=params.cpu_num_workers, num_cpus=1, batches_at_once=1)
-    share = math.floor((available - READ_CPUS) / params.cpu_num_workers * 10) / 10
+    share = math.floor(available / params.cpu_num_workers * 10) / 10
     return ActorPlan(count=params.cpu_num_workers, num_cpus=share, batches_at_once=max(1, math.ceil(share)))
 
 
@@ -104,7 +104,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     block = rows_per_block(len(images), batch_size, plan)
     blocks = max(1, min(len(images) // block, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-    ds = ds.map_batches(read_batch, batch_size=block, num_cpus=READ_CPUS, label_selector=driver_node_label())
+    ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
+                        label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
     if gpu_ids:
         ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])),
