@@ -20,6 +20,8 @@ separately (the candidates are the first N of one generated set). Mining: every 
 through the entry (mining only), one run each, on the first count.
 
     .venv/bin/python bench/infer_bench.py [--images 320 2000] [--size 256] [--rounds 3] [--gpu]
+
+Results go to bench/results/infer.json (infer_gpu.json with --gpu).
 """
 
 from __future__ import annotations
@@ -120,6 +122,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[320, 2000])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--algorithms", nargs="*", default=list(PASSES), choices=list(PASSES),
+                        help="mining algorithms to measure (default: all; none: skip mining)")
     parser.add_argument("--gpu", action="store_true", help="ray_app with gpu_id 0, the others on cuda:0")
     args = parser.parse_args()
     import yaml
@@ -173,7 +177,7 @@ def main() -> None:
             per_count[count] = {"rounds": runs, "median": median}
         forward = python_json(FORWARD, cfg_file, weights, str(args.size), str(BATCH), device)
         mining = {}
-        for algorithm in PASSES:
+        for algorithm in args.algorithms:
             mining[algorithm] = {**ours(f"mining-{algorithm}", args.images[0], mining_algorithm=algorithm),
                                  "forward_passes_per_image": PASSES[algorithm]}
             print("mining", algorithm, mining[algorithm], flush=True)
@@ -198,7 +202,7 @@ def main() -> None:
     for algorithm, row in mining.items():
         print(f"mining {algorithm:8} {row['steady_images_per_s']:>8.2f} img/s steady "
               f"({row['forward_passes_per_image']} forward pass(es) per image)")
-    path = save("infer", {"images": args.images, "img_size": args.size, "batch": BATCH, "model": "yolov8_n",
+    path = save("infer_gpu" if args.gpu else "infer", {"images": args.images, "img_size": args.size, "batch": BATCH, "model": "yolov8_n",
                           "device": device, "cpu_threads": os.cpu_count(), "per_count": per_count,
                           "forward_limit": forward, "forward_limit_images_per_s": limit,
                           "break_even_candidates": even, "mining": mining})

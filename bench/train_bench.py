@@ -6,7 +6,11 @@ twice on the same data and config:
   ray    - the real executor entry (`python -m ray_app`): Ray start, Ray Train's
            TorchTrainer with one worker running the same Runner, stages to /out.
 Reports COCO bbox mAP, wall and CPU time, the median time per iteration of each, the
-per-iteration overhead of the wrapper and its fixed start-up cost. With --workers 2 it
+per-iteration overhead of the wrapper (medians, and each alternated pair: this machine's speed
+drifts by ±10 % between runs) and its fixed cost (the wall time outside the iterations: Ray's
+start, worker set-up, validation and saving, less the plain Runner's). Both report the median of
+the Runner's own per-iteration timer (``ray_app.train.hooks.iteration_summary``), so the
+logger interval (``--log-interval``, the executor's 10 by default) changes no statistic. With --workers 2 it
 also runs two Ray Train workers (data parallel) for throughput.
 
     .venv/bin/python bench/train_bench.py            # writes bench/results/train.json
@@ -34,7 +38,8 @@ from ray_app.data.coco import to_coco  # noqa: E402
 from ray_app.data.index import read_index  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
-ITER_TIME = re.compile(r"Epoch\(train\)\s+\[\d+\]\[\s*\d+/\d+\].*?\btime: ([0-9.]+)")
+#: the line the executor's hook prints at the end of training (``hooks.iteration_summary``)
+SUMMARY = re.compile(r"training: (\d+) iterations, median ([0-9.]+) s per iteration")
 
 
 def cpu_seconds() -> float:
@@ -47,12 +52,13 @@ def cpu_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
-def plain_runner(work: Path, data, config: dict) -> dict:
+def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     """The same config as the executor builds, trained by a bare Runner in this process."""
     from mmengine.runner import Runner
 
     from ray_app.protocol.hyperparams import TrainingParams, load_template
     from ray_app.train.config import build_config, set_warmup
+    from ray_app.train.hooks import iteration_summary
 
     params = TrainingParams.model_validate({**load_template("training"), "class_names": data.class_names, **config})
     work.mkdir(parents=True, exist_ok=True)
@@ -62,32 +68,32 @@ def plain_runner(work: Path, data, config: dict) -> dict:
     images = len(read_index(data.train_index, "training", True))
     set_warmup(cfg, math.ceil(images / params.samples_per_gpu) * params.max_epochs)
     cfg.model.use_syncbn = False
-    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.logger.interval = log_interval
     start, cpu = time.perf_counter(), cpu_seconds()
     runner = Runner.from_cfg(cfg)
     runner.train()
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    times = list(runner.message_hub.get_scalar("train/time").data[0])
+    iterations, iter_s = SUMMARY.search(iteration_summary(runner)).groups()  # the executor's own statistic
     mAP = float(runner.message_hub.get_scalar("val/coco/bbox_mAP").current())
-    return {"wall_s": wall, "cpu_s": cpu, "iterations": len(times), "iter_s_median": statistics.median(times[5:]),
+    return {"wall_s": wall, "cpu_s": cpu, "iterations": int(iterations), "iter_s_median": float(iter_s),
             "mAP": max(0.0, mAP)}
 
 
-def executor(work: Path, data, config: dict, workers: int) -> dict:
-    """The real entry; per-iteration times parsed from the Runner's log lines."""
+def executor(work: Path, data, config: dict, workers: int, log_interval: int) -> dict:
+    """The real entry; the median iteration time from rank 0's summary line."""
     env_file = write_task(work, data, run_training=True,
                           config={**config, "cpu_num_workers": workers,
-                                  "cfg_options": "default_hooks.logger.interval=1"})
+                                  "cfg_options": f"default_hooks.logger.interval={log_interval}"})
     start, cpu = time.perf_counter(), cpu_seconds()
     proc = subprocess.run([sys.executable, "-m", "ray_app"], env={**os.environ, "YMIR_ENV_FILE": str(env_file)},
                           capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
-    times = [float(t) for t in ITER_TIME.findall(proc.stdout + proc.stderr)]
+    iterations, iter_s = SUMMARY.search(proc.stdout + proc.stderr).groups()
     result = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
-    return {"wall_s": wall, "cpu_s": cpu, "iterations": len(times),  # rank 0 logs each iteration
-            "iter_s_median": statistics.median(times[5:]), "mAP": result["mAP"]}
+    return {"wall_s": wall, "cpu_s": cpu, "iterations": int(iterations), "iter_s_median": float(iter_s),
+            "mAP": result["mAP"]}
 
 
 def main() -> None:
@@ -97,7 +103,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2, help="also run this many Ray Train workers (0: skip)")
-    parser.add_argument("--repeats", type=int, default=3, help="alternated plain/Ray runs; medians are reported")
+    parser.add_argument("--repeats", type=int, default=5, help="alternated plain/Ray runs; medians are reported")
+    parser.add_argument("--log-interval", type=int, default=10,
+                        help="the Runner's logger interval in both (10: the executor's default)")
     args = parser.parse_args()
     config = dict(model_name=args.model, img_size=args.size, max_epochs=args.epochs, samples_per_gpu=8,
                   workers_per_gpu=0, val_interval=args.epochs, learning_rate=0.02, max_keep_checkpoints=1)
@@ -106,24 +114,30 @@ def main() -> None:
         data = make_dataset(work / "data", n_train=args.images, n_val=32, n_candidates=0, image_size=args.size)
         runs: dict[str, list[dict]] = {"plain Runner": [], "Ray Train, 1 worker": []}
         for repeat in range(args.repeats):  # alternated, so drifts of the machine hit both alike
-            runs["plain Runner"].append(plain_runner(work / f"plain{repeat}", data, config))
-            runs["Ray Train, 1 worker"].append(executor(work / f"ray{repeat}", data, config, 1))
+            runs["plain Runner"].append(plain_runner(work / f"plain{repeat}", data, config, args.log_interval))
+            runs["Ray Train, 1 worker"].append(executor(work / f"ray{repeat}", data, config, 1, args.log_interval))
         if args.workers > 1:
-            runs[f"Ray Train, {args.workers} workers"] = [executor(work / "multi", data, config, args.workers)]
+            runs[f"Ray Train, {args.workers} workers"] = [executor(work / "multi", data, config, args.workers,
+                                                                   args.log_interval)]
     rows = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
             for name, results in runs.items()}
     plain, ray1 = rows["plain Runner"], rows["Ray Train, 1 worker"]
     overhead = ray1["iter_s_median"] / plain["iter_s_median"] - 1
-    fixed = ray1["wall_s"] - plain["wall_s"]
+    pairs = [r["iter_s_median"] / p["iter_s_median"] - 1
+             for p, r in zip(runs["plain Runner"], runs["Ray Train, 1 worker"])]
+    # the wall time outside the training iterations (start, validation, saving), Ray's less the plain Runner's
+    fixed = (ray1["wall_s"] - ray1["iterations"] * ray1["iter_s_median"]) \
+        - (plain["wall_s"] - plain["iterations"] * plain["iter_s_median"])
     print(f"\n{args.model}, {args.epochs} epochs, {args.images} images of {args.size}px, batch 8, CPU, "
           f"median of {args.repeats} alternated runs\n")
     print(f"{'run':24} {'mAP':>6} {'wall s':>7} {'CPU s':>7} {'s/iter':>7} {'iters':>6}")
     for name, row in rows.items():
         print(f"{name:24} {row['mAP']:6.3f} {row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['iter_s_median']:7.3f} "
               f"{int(row['iterations']):6d}")
-    print(f"\nper-iteration overhead of Ray Train: {100 * overhead:+.1f}%   fixed start-up cost: {fixed:.1f} s")
+    print(f"\nper-iteration overhead of Ray Train: {100 * overhead:+.1f}% (each alternated pair: "
+          f"{', '.join(f'{100 * p:+.0f}%' for p in pairs)})   fixed start-up cost: {fixed:.1f} s")
     path = save("train", {"args": vars(args), "medians": rows, "runs": runs, "per_iteration_overhead": overhead,
-                          "fixed_startup_s": fixed})
+                          "per_iteration_overhead_pairs": pairs, "fixed_startup_s": fixed})
     print(f"full numbers: {path}")
 
 

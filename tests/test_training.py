@@ -49,6 +49,9 @@ def test_training_outputs(trained: Run):
     events = list((trained.out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     assert "resuming" not in trained.output
+    speed = re.search(r"\[rank 0\] training: (\d+) iterations, median ([0-9.]+) s per iteration", trained.output)
+    # 2 workers share 48 images in batches of 4: at most 6 iterations per epoch each
+    assert speed and 20 <= int(speed.group(1)) <= 20 * 6 and float(speed.group(2)) > 0, "no iteration-time summary"
 
 
 def test_tensorboard_has_loss_and_map(trained: Run):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import ray
 import ray.train
 import torch
 from mmengine.hooks import Hook
+from mmengine.runner import Runner
 
 from ray_app.checkpoints import resume_checkpoint, stage_checkpoint, to_bytes
 from ray_app.protocol.errors import ErrorCode, YmirError
@@ -26,6 +28,19 @@ METRIC = "coco/bbox_mAP"
 RESUME_FILE = "resume.pth"
 #: how long rank 0 waits for Ray Train to register a reported checkpoint
 REGISTER_TIMEOUT_S = 120.0
+
+
+def iteration_summary(runner: Runner, warmup: int = 5) -> str | None:
+    """``training: N iterations, median T s per iteration`` from the Runner's own timer
+    (``train/time`` in its message hub, every iteration whatever the logger interval), first
+    ``warmup`` iterations left out. The operator sees the speed of the run in one line, and
+    ``bench/train_bench.py`` compares it with a plain Runner's."""
+    if "train/time" not in runner.message_hub.log_scalars:
+        return None
+    times = list(runner.message_hub.get_scalar("train/time").data[0])[warmup:]
+    if not times:
+        return None
+    return f"training: {len(times) + warmup} iterations, median {statistics.median(times):.4f} s per iteration"
 
 
 class YmirTrainHook(Hook):
@@ -86,6 +101,9 @@ class YmirTrainHook(Hook):
 
     def after_train(self, runner) -> None:
         if self._is_rank0():
+            summary = iteration_summary(runner)
+            if summary:
+                print(f"[rank 0] {summary}", flush=True)
             self._ship_tensorboard(runner)
 
     def _extra_files(self, runner) -> dict[str, bytes]:
