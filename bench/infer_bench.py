@@ -202,10 +202,11 @@ def main() -> None:
     for algorithm, row in mining.items():
         print(f"mining {algorithm:8} {row['steady_images_per_s']:>8.2f} img/s steady "
               f"({row['forward_passes_per_image']} forward pass(es) per image)")
-    path = save("infer_gpu" if args.gpu else "infer", {"images": args.images, "img_size": args.size, "batch": BATCH, "model": "yolov8_n",
-                          "device": device, "cpu_threads": os.cpu_count(), "per_count": per_count,
-                          "forward_limit": forward, "forward_limit_images_per_s": limit,
-                          "break_even_candidates": even, "mining": mining})
+    path = save("infer_gpu" if args.gpu else "infer",
+                {"images": args.images, "img_size": args.size, "batch": BATCH, "model": "yolov8_n",
+                 "device": device, "cpu_threads": os.cpu_count(), "per_count": per_count,
+                 "forward_limit": forward, "forward_limit_images_per_s": limit,
+                 "break_even_candidates": even, "mining": mining})
     print(f"full results: {path}")
 
 

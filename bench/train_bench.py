@@ -9,7 +9,7 @@ Reports COCO bbox mAP, wall and CPU time, the median time per iteration of each,
 per-iteration overhead of the wrapper (medians, and each alternated pair: this machine's speed
 drifts by ±10 % between runs) and its fixed cost (the wall time outside the iterations: Ray's
 start, worker set-up, validation and saving, less the plain Runner's). Both report the median of
-the Runner's own per-iteration timer (``ray_app.train.hooks.iteration_summary``), so the
+the Runner's own per-iteration timer (``ray_app.train.hooks.iteration_times``), so the
 logger interval (``--log-interval``, the executor's 10 by default) changes no statistic. With --workers 2 it
 also runs two Ray Train workers (data parallel) for throughput.
 
@@ -38,7 +38,7 @@ from ray_app.data.coco import to_coco  # noqa: E402
 from ray_app.data.index import read_index  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
-#: the line the executor's hook prints at the end of training (``hooks.iteration_summary``)
+#: the line the executor's hook prints at the end of training (``hooks.iteration_times``)
 SUMMARY = re.compile(r"training: (\d+) iterations, median ([0-9.]+) s per iteration")
 
 
@@ -52,13 +52,20 @@ def cpu_seconds() -> float:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def bench_config(model: str = "yolov5_n", size: int = 128, epochs: int = 20) -> dict:
+    """The training hyperparameters both paths train with: batch 8, no dataloader workers,
+    one validation at the end."""
+    return dict(model_name=model, img_size=size, max_epochs=epochs, samples_per_gpu=8, workers_per_gpu=0,
+                val_interval=epochs, learning_rate=0.02, max_keep_checkpoints=1)
+
+
 def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     """The same config as the executor builds, trained by a bare Runner in this process."""
     from mmengine.runner import Runner
 
     from ray_app.protocol.hyperparams import TrainingParams, load_template
     from ray_app.train.config import build_config, set_warmup
-    from ray_app.train.hooks import iteration_summary
+    from ray_app.train.hooks import iteration_times
 
     params = TrainingParams.model_validate({**load_template("training"), "class_names": data.class_names, **config})
     work.mkdir(parents=True, exist_ok=True)
@@ -73,10 +80,9 @@ def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     runner = Runner.from_cfg(cfg)
     runner.train()
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    iterations, iter_s = SUMMARY.search(iteration_summary(runner)).groups()  # the executor's own statistic
+    iterations, iter_s = iteration_times(runner)  # the statistic the executor logs
     mAP = float(runner.message_hub.get_scalar("val/coco/bbox_mAP").current())
-    return {"wall_s": wall, "cpu_s": cpu, "iterations": int(iterations), "iter_s_median": float(iter_s),
-            "mAP": max(0.0, mAP)}
+    return {"wall_s": wall, "cpu_s": cpu, "iterations": iterations, "iter_s_median": iter_s, "mAP": max(0.0, mAP)}
 
 
 def executor(work: Path, data, config: dict, workers: int, log_interval: int) -> dict:
@@ -107,8 +113,7 @@ def main() -> None:
     parser.add_argument("--log-interval", type=int, default=10,
                         help="the Runner's logger interval in both (10: the executor's default)")
     args = parser.parse_args()
-    config = dict(model_name=args.model, img_size=args.size, max_epochs=args.epochs, samples_per_gpu=8,
-                  workers_per_gpu=0, val_interval=args.epochs, learning_rate=0.02, max_keep_checkpoints=1)
+    config = bench_config(args.model, args.size, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = make_dataset(work / "data", n_train=args.images, n_val=32, n_candidates=0, image_size=args.size)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
-from train_bench import plain_runner  # noqa: E402
+from train_bench import bench_config, plain_runner  # noqa: E402
 
 from ray_app.data.sample import make_dataset  # noqa: E402
 
@@ -100,8 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    config = dict(model_name="yolov5_n", img_size=128, max_epochs=20, samples_per_gpu=8, workers_per_gpu=0,
-                  val_interval=20, learning_rate=0.02, max_keep_checkpoints=1)
+    config = bench_config()
     runs: dict[str, list[dict]] = {"alone": [], "beside an idle Ray": []}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -30,17 +30,17 @@ RESUME_FILE = "resume.pth"
 REGISTER_TIMEOUT_S = 120.0
 
 
-def iteration_summary(runner: Runner, warmup: int = 5) -> str | None:
-    """``training: N iterations, median T s per iteration`` from the Runner's own timer
-    (``train/time`` in its message hub, every iteration whatever the logger interval), first
-    ``warmup`` iterations left out. The operator sees the speed of the run in one line, and
-    ``bench/train_bench.py`` compares it with a plain Runner's."""
+def iteration_times(runner: Runner, warmup: int = 5) -> tuple[int, float] | None:
+    """(iterations run, median seconds per iteration) from the Runner's own timer
+    (``train/time`` in its message hub, every iteration whatever the logger interval), the
+    first ``warmup`` iterations left out of the median. The hook logs it so the operator sees
+    the speed of the run in one line; ``bench/train_bench.py`` compares it with a plain Runner's."""
     if "train/time" not in runner.message_hub.log_scalars:
         return None
-    times = list(runner.message_hub.get_scalar("train/time").data[0])[warmup:]
-    if not times:
+    times = list(runner.message_hub.get_scalar("train/time").data[0])
+    if len(times) <= warmup:
         return None
-    return f"training: {len(times) + warmup} iterations, median {statistics.median(times):.4f} s per iteration"
+    return len(times), statistics.median(times[warmup:])
 
 
 class YmirTrainHook(Hook):
@@ -101,9 +101,9 @@ class YmirTrainHook(Hook):
 
     def after_train(self, runner) -> None:
         if self._is_rank0():
-            summary = iteration_summary(runner)
-            if summary:
-                print(f"[rank 0] {summary}", flush=True)
+            speed = iteration_times(runner)
+            if speed:
+                print(f"[rank 0] training: {speed[0]} iterations, median {speed[1]:.4f} s per iteration", flush=True)
             self._ship_tensorboard(runner)
 
     def _extra_files(self, runner) -> dict[str, bytes]:
