@@ -64,16 +64,16 @@ def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     from mmengine.runner import Runner
 
     from ray_app.protocol.hyperparams import TrainingParams, load_template
-    from ray_app.train.config import build_config, set_warmup
+    from ray_app.train.config import build_config
     from ray_app.train.hooks import iteration_times
 
     params = TrainingParams.model_validate({**load_template("training"), "class_names": data.class_names, **config})
     work.mkdir(parents=True, exist_ok=True)
     to_coco(read_index(data.train_index, "training", True), data.class_names, "ark:raw", work / "train.json", work)
     to_coco(read_index(data.val_index, "validation", True), data.class_names, "ark:raw", work / "val.json", work)
-    cfg = build_config(params, work / "train.json", work / "val.json", work / "runner")
     images = len(read_index(data.train_index, "training", True))
-    set_warmup(cfg, math.ceil(images / params.samples_per_gpu) * params.max_epochs)
+    cfg = build_config(params, work / "train.json", work / "val.json", work / "runner",
+                       math.ceil(images / params.samples_per_gpu))
     cfg.model.use_syncbn = False
     cfg.default_hooks.logger.interval = log_interval
     start, cpu = time.perf_counter(), cpu_seconds()

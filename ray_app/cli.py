@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("task done")
         return 0
     except YmirError as e:
-        _report(_error_monitor(env, monitor), e.code, e.message, traceback.format_exc())
+        _report(_error_monitor(env, monitor), e.code, e.message, e.detail or traceback.format_exc())
     except (KeyboardInterrupt, SystemExit) as e:
         _report(_error_monitor(env, monitor), ErrorCode.CONFIG, f"interrupted ({type(e).__name__} {e})",
                 traceback.format_exc())

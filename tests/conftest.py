@@ -3,9 +3,11 @@ runs it (a subprocess with ``YMIR_ENV_FILE``), and a model trained once per sess
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +84,56 @@ def infer_task(tmp_path, sample, trained):
                           models_dir=models, config={**base, **config})
 
     return make
+
+
+class Holds:
+    """The test side of ``ray_app.pause``: hold a run at a pause point, see who reached it,
+    let it go. The product must run with ``RAY_APP_PAUSE_DIR=<root>`` in its environment."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        from ray_app.pause import PAUSE_DIR_VARIABLE
+
+        return {PAUSE_DIR_VARIABLE: str(self.root)}
+
+    def hold(self, event: str, count: int = 1) -> None:
+        """Pause the first ``count`` processes that reach ``event``."""
+        for k in range(count):
+            (self.root / (f"{event}.hold" if k == 0 else f"{event}.{k}.hold")).touch()
+
+    def reached(self, event: str) -> list[dict]:
+        """What each process paused at ``event`` wrote (pid, node, ...), with ``release``: its held file."""
+        found = []
+        for record in sorted(self.root.glob(f"{event}*.held-*.json")):
+            found.append({**json.loads(record.read_text()), "release": record.with_suffix("")})
+        return found
+
+    def wait(self, event: str, proc: subprocess.Popen, count: int = 1, log: Path | None = None,
+             timeout: float = 600) -> list[dict]:
+        """Block until ``count`` processes are paused at ``event``; fail if the run ends first.
+        ``timeout`` only guards against a hung test: the event, not the clock, decides."""
+        deadline = time.monotonic() + timeout
+        while len(found := self.reached(event)) < count:
+            text = log.read_text()[-3000:] if log else ""
+            assert proc.poll() is None, f"the run ended before {event}:\n{text}"
+            assert time.monotonic() < deadline, f"{event} not reached:\n{text}"
+            time.sleep(0.05)
+        return found
+
+    def release(self) -> None:
+        """Let every paused process go on (a killed one is gone anyway)."""
+        for held in self.root.glob("*.held-*"):
+            if not held.name.endswith(".json"):
+                held.unlink(missing_ok=True)
+
+
+def start_entry(env_file: Path, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """The entry in the background, its output in ``log`` (for tests that act during a run)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+    return subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)

@@ -188,6 +188,10 @@ CASES = {
                                     "samples_per_gpu: Input should be greater than or equal to 1 (got -2)"),
     "config-img-size-zero": Case(lambda t, s: training(t, s, img_size=0), 300001,
                                  "img_size: Input should be greater than or equal to 32 (got 0)"),
+    "config-img-size-not-multiple": Case(lambda t, s: training(t, s, img_size=100), 300001,
+                                         "img_size 100 does not fit yolov5_n: it must be a multiple of 32"),
+    "config-img-size-below-family": Case(lambda t, s: training(t, s, model_name="yolov6_n", img_size=64), 300001,
+                                         "at least 96 for yolov6 models"),
     "config-conf-threshold-negative": Case(lambda t, s: mining_infer(t, s, conf_threshold=-0.1), 300001,
                                            "conf_threshold: Input should be greater than or equal to 0"),
     "config-mining-no-class-names": Case(lambda t, s: mining_infer(t, s, class_names=[]), 300001,
@@ -250,7 +254,7 @@ def test_bad_input_fails_before_any_work(tmp_path, sample, name):
     case = CASES[name]
     env_file = case.make(tmp_path, sample)
     before = (tmp_path / "out").read_bytes() if (tmp_path / "out").is_file() else None
-    run = run_entry(env_file, timeout=180, out=tmp_path / "out")
+    run = run_entry(env_file, out=tmp_path / "out")
     assert run.returncode == 1, run.output[-3000:]
     code, message = failure_line(run)
     assert case.says in message and "Traceback" not in message, message
@@ -338,7 +342,7 @@ def test_bad_model_is_300004(tmp_path, sample, trained, name):
     damage(models, files)
     env_file = write_task(tmp_path / "task", sample, run_mining=True, run_infer=True, models_dir=models,
                           config=dict(model_params_path=files, img_size=128, cpu_num_workers=1, **config))
-    run = run_entry(env_file, timeout=300)
+    run = run_entry(env_file)
     assert run.returncode == 1, run.output[-3000:]
     code, message = failure_line(run)
     assert run.monitor()[3:5] == ["4", "300004"] and code == 300004, run.monitor()
@@ -356,7 +360,7 @@ def test_weights_that_do_not_fit_the_config(tmp_path, sample, trained):
     drop_tensors(stage_file(models, files, ".pth"))
     env_file = write_task(tmp_path / "task", sample, run_infer=True, models_dir=models,
                           config=dict(model_params_path=files, img_size=128, cpu_num_workers=1))
-    run = run_entry(env_file, timeout=300)
+    run = run_entry(env_file)
     assert run.returncode == 1, run.output[-3000:]
     code, message = failure_line(run)
     assert run.monitor()[3:5] == ["4", "300004"] and code == 300004, (run.monitor(), message)
@@ -377,7 +381,7 @@ def test_messy_candidate_index_and_reordered_classes(tmp_path, sample, trained):
     env_file = write_task(tmp_path / "task", data, run_mining=True, run_infer=True, models_dir=models,
                           config=dict(model_params_path=files, img_size=128, cpu_num_workers=1,
                                       class_names=["triangle", "square", "disc"]))
-    run = run_entry(env_file, timeout=400)
+    run = run_entry(env_file)
     assert run.returncode == 0, run.output[-3000:]
     assert run.monitor()[2:4] == ["1.0000", "3"]
     assert "candidate index repeats 2 lines; each image is processed once" in run.output

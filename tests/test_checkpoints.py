@@ -77,7 +77,7 @@ def test_stage_config_is_read_as_data(tmp_path):
     from mmengine.config import Config
 
     from ray_app.config_files import load_config_safely
-    from ray_app.train.zoo import config_path
+    from ray_app.model_config.zoo import config_path
 
     dumped = tmp_path / "stage_config.py"
     reference = Config.fromfile(str(config_path("yolov8_n")))

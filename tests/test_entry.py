@@ -54,7 +54,7 @@ def edit_env(env_file, **changes):
 def test_training_config_errors(tmp_path, sample, change, code, needle):
     env_file = write_task(tmp_path, sample, run_training=True, config=dict(model_name="yolov5_n", **{}))
     edit_config(env_file, **change)
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1, run.output
     fields = run.monitor()
     assert fields[3] == "4" and fields[4] == code, fields
@@ -65,7 +65,7 @@ def test_training_config_errors(tmp_path, sample, change, code, needle):
 def test_unreadable_config_yaml(tmp_path, sample):
     env_file = write_task(tmp_path, sample, run_training=True)
     (env_file.parent / "config.yaml").write_text("class_names: [a, b\n  :::")
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1 and run.monitor()[3:5] == ["4", "300001"]
     assert "not valid YAML" in run.monitor()[5]
 
@@ -73,21 +73,21 @@ def test_unreadable_config_yaml(tmp_path, sample):
 def test_missing_index_file_is_300002(tmp_path, sample):
     env_file = write_task(tmp_path, sample, run_training=True, config=dict(model_name="yolov5_n"))
     edit_env(env_file, input__training_index_file=str(tmp_path / "gone.tsv"))
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1 and run.monitor()[3:5] == ["4", "300002"]
     assert "gone.tsv" in run.monitor()[5]
 
 
 def test_missing_model_file_is_300004(tmp_path, sample):
     env_file = write_task(tmp_path, sample, run_infer=True, config=dict(model_params_path=["s/missing.pth", "s/c.py"]))
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1 and run.monitor()[3:5] == ["4", "300004"]
     assert "missing.pth" in run.monitor()[5]
 
 
 def test_nothing_to_do(tmp_path, sample):
     env_file = write_task(tmp_path, sample)
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1 and run.monitor()[3:5] == ["4", "300001"]
     assert "nothing to do" in run.monitor()[5]
 
@@ -95,6 +95,6 @@ def test_nothing_to_do(tmp_path, sample):
 def test_unknown_mining_algorithm(tmp_path, sample):
     env_file = write_task(tmp_path, sample, run_mining=True,
                           config=dict(model_params_path=["s/w.pth"], mining_algorithm="psychic"))
-    run = run_entry(env_file, timeout=120)
+    run = run_entry(env_file)
     assert run.returncode == 1 and run.monitor()[3:5] == ["4", "300001"]
     assert "mining_algorithm" in run.monitor()[5]

@@ -103,48 +103,36 @@ def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):
 
 
 def test_killed_model_actor_loses_no_image(tmp_path, trained):
-    """SIGKILL the model actor mid-run: Ray Data restarts it and retries its batches; every
-    candidate gets its result and none is reported unreadable."""
-    import re
+    """SIGKILL the model actor while a batch is in flight (it pauses after its first batch,
+    see ``ray_app.pause``): Ray Data restarts it and retries the batch; every candidate gets
+    its result and none is reported unreadable."""
     import signal
-    import subprocess
-    import sys
-    import time
 
-    from conftest import REPO, best_stage_files
+    from conftest import Holds, best_stage_files, start_entry
     from ray_app.data.sample import make_dataset, write_task
 
-    data = make_dataset(tmp_path / "data", n_train=0, n_val=0, n_candidates=300, image_size=128, seed=7)
+    data = make_dataset(tmp_path / "data", n_train=0, n_val=0, n_candidates=60, image_size=128, seed=7)
     models, files = best_stage_files(trained)
     env_file = write_task(tmp_path / "task", data, run_mining=True, run_infer=True, models_dir=models,
                           config=dict(model_params_path=files, img_size=128, samples_per_gpu=2, cpu_num_workers=1,
                                       mining_algorithm="aldd"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"})
+    holds = Holds(tmp_path / "holds")
+    holds.hold("model_batch_done")
     log = tmp_path / "log.txt"
-    killed = None
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=sink,
-                                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while killed is None:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            done = [int(n) for n in re.findall(r"\] (\d+)/300 images", log.read_text())]
-            if done:
-                assert done[-1] < 270, "too late: the run was nearly over"
-                pids = subprocess.run(["pgrep", "-f", "MapBatches\\(DetectorActor\\)"], capture_output=True,
-                                      text=True).stdout.split()
-                if pids:
-                    killed = int(pids[0])
-                    os.kill(killed, signal.SIGKILL)
-            time.sleep(0.05)
-        assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
+    try:
+        proc = start_entry(env_file, log, holds.env)
+        (paused,) = holds.wait("model_batch_done", proc, log=log)
+        os.kill(paused["pid"], signal.SIGKILL)
+        holds.release()
+        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    finally:
+        holds.release()
     out = tmp_path / "task" / "out"
     ranked = read_tsv(out)
-    assert len(ranked) == 300 and all(score >= 0 for _, score in ranked)
+    assert len(ranked) == 60 and all(score >= 0 for _, score in ranked)
     check_infer_result(out, [line for line in data.candidate_index.read_text().split()])
     text = log.read_text()
-    assert "worker died or was killed" in text and "300/300 images" in text  # killed, and finished
+    assert "worker died or was killed" in text and "60/60 images" in text  # killed, and finished
 
 
 def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):

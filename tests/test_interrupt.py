@@ -4,10 +4,7 @@ whatever /out holds afterwards is complete and valid, or absent, and monitor.txt
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,26 +12,28 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, TRAIN_CONFIG, best_stage_files
+from conftest import TRAIN_CONFIG, Holds, best_stage_files, start_entry
 from ray_app.data.sample import write_task
 
 pytestmark = pytest.mark.slow
 
 
-def run_and_terminate(env_file: Path, out: Path, when: Callable[[Path, str], bool], log: Path) -> int:
-    """Start the entry, send SIGTERM once ``when(out, log_text)`` holds; its exit code."""
-    env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=sink,
-                                stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while not when(out, log.read_text()):
+def run_and_terminate(env_file: Path, out: Path, when: Callable[[Path, str, Holds], bool], log: Path,
+                      holds: Holds) -> int:
+    """Start the entry, send SIGTERM once ``when(out, log_text, holds)`` holds, then let any
+    paused process go on; the entry's exit code."""
+    proc = start_entry(env_file, log, holds.env)
+    try:
+        deadline = time.monotonic() + 600  # a guard against a hung test; the events decide
+        while not when(out, log.read_text(), holds):
             assert proc.poll() is None, f"the run ended before the kill point:\n{log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=120)
+        holds.release()
+        return proc.wait(timeout=600)
+    finally:
+        holds.release()
 
 
 def check_outputs(out: Path) -> None:
@@ -55,11 +54,13 @@ def check_outputs(out: Path) -> None:
     assert not leftovers, leftovers
 
 
-def stage_published(out: Path, log: str) -> bool:
-    return (out / "models" / "result.yaml").exists()
+def stage_published(out: Path, log: str, holds: Holds) -> bool:
+    """Paused right after the first stage was published and its resume checkpoint registered."""
+    return bool(holds.reached("resume_checkpoint_registered"))
 
 
-def converting(out: Path, log: str) -> bool:
+def converting(out: Path, log: str, holds: Holds) -> bool:
+    """As soon as the run has started (its monitor exists): it cannot finish 30 epochs first."""
     return "training" in log or (out / "monitor.txt").exists()
 
 
@@ -67,16 +68,18 @@ def converting(out: Path, log: str) -> bool:
 def test_sigterm_during_training(tmp_path, sample, point):
     config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 30, "val_interval": 1, "cpu_num_workers": 1}
     env_file = write_task(tmp_path, sample, run_training=True, config=config)
-    code = run_and_terminate(env_file, tmp_path / "out", point, tmp_path / "log.txt")
+    holds = Holds(tmp_path / "holds")
+    holds.hold("resume_checkpoint_registered")
+    code = run_and_terminate(env_file, tmp_path / "out", point, tmp_path / "log.txt", holds)
     assert code != 0
     check_outputs(tmp_path / "out")
     if point is stage_published:  # the good work is kept
         assert yaml.safe_load((tmp_path / "out" / "models" / "result.yaml").read_text())["model_stages"]
 
 
-def mining_under_way(out: Path, log: str) -> bool:
-    monitor = out / "monitor.txt"
-    return monitor.exists() and float(monitor.read_text().split("\t")[2]) > 0
+def mining_under_way(out: Path, log: str, holds: Holds) -> bool:
+    """The model actor has finished a batch and holds it (paused) while the others wait."""
+    return bool(holds.reached("model_batch_done"))
 
 
 def test_sigterm_during_mining_and_infer(tmp_path, sample, trained):
@@ -84,7 +87,9 @@ def test_sigterm_during_mining_and_infer(tmp_path, sample, trained):
     env_file = write_task(tmp_path, sample, run_mining=True, run_infer=True, models_dir=models,
                           config=dict(model_params_path=files, img_size=128, samples_per_gpu=1, cpu_num_workers=1,
                                       mining_algorithm="cald"))
-    code = run_and_terminate(env_file, tmp_path / "out", mining_under_way, tmp_path / "log.txt")
+    holds = Holds(tmp_path / "holds")
+    holds.hold("model_batch_done")
+    code = run_and_terminate(env_file, tmp_path / "out", mining_under_way, tmp_path / "log.txt", holds)
     assert code != 0
     check_outputs(tmp_path / "out")
     assert not (tmp_path / "out" / "result.tsv").exists()  # a partial ranking is never written

@@ -6,17 +6,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from mmengine.config import Config
 
-from conftest import REPO, TRAIN_CONFIG, Run
+from conftest import TRAIN_CONFIG, Holds, Run, start_entry
 from ray_app.data.sample import write_task
 
 pytestmark = pytest.mark.slow
@@ -65,37 +61,27 @@ def test_tensorboard_has_loss_and_map(trained: Run):
     assert {"loss", "lr", "coco/bbox_mAP", "coco/bbox_mAP_50"} <= tags, tags
 
 
-def _train_worker_pids(log_text: str) -> list[int]:
-    """Live Ray Train worker processes, from Ray's log prefixes ``(RayTrainWorker pid=N)``."""
-    pids = sorted({int(p) for p in re.findall(r"RayTrainWorker pid=(\d+)", log_text)})
-    return [p for p in pids if Path(f"/proc/{p}").exists()]
-
-
 def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
-    """Kill a Train worker after the first Ray checkpoint: training resumes from it."""
+    """Kill a Train worker right after the first Ray checkpoint is registered (rank 0 pauses
+    there, see ``ray_app.pause``): the group restarts and resumes from that checkpoint."""
     config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 6, "val_interval": 2}
     env_file = write_task(tmp_path, sample, run_training=True, config=config)
-    env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
+    holds = Holds(tmp_path / "holds")
+    holds.hold("resume_checkpoint_registered")
     log = tmp_path / "log.txt"
-    with open(log, "w") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=sink,
-                                stderr=subprocess.STDOUT)
-        out = tmp_path / "out"
-        deadline = time.monotonic() + 300
-        seen = set()  # (percent, state) of monitor.txt while training runs
-        while "epoch 2: resume checkpoint registered" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            if (out / "monitor.txt").exists():
-                seen.add(tuple((out / "monitor.txt").read_text().split("\t")[2:4]))
-            time.sleep(0.2)
-        running = sorted(float(p) for p, state in seen if state.strip() == "2")
-        assert len(running) >= 3 and 0 < running[-1] < 1, seen  # progress moves during training
+    out = tmp_path / "out"
+    try:
+        proc = start_entry(env_file, log, holds.env)
+        (paused,) = holds.wait("resume_checkpoint_registered", proc, log=log)
+        assert paused["epoch"] == 2
         assert (out / "models" / "epoch_2").is_dir()  # published before the checkpoint
-        time.sleep(0.5)  # into epoch 3
-        victims = _train_worker_pids(log.read_text())
-        assert victims, "no Ray Train worker process found"
-        os.kill(victims[-1], signal.SIGKILL)
-        assert proc.wait(timeout=400) == 0, log.read_text()[-5000:]
+        percent, state = (out / "monitor.txt").read_text().split("\t")[2:4]
+        assert state.strip() == "2" and 0.01 < float(percent) < 1  # progress moved during training
+        os.kill(paused["pid"], signal.SIGKILL)
+        holds.release()
+        assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
+    finally:
+        holds.release()
     text = log.read_text()
     assert "resuming from the last Ray Train checkpoint" in text
     after = text.split("resuming from the last Ray Train checkpoint", 1)[1]
@@ -131,8 +117,30 @@ def test_nan_loss_stops_with_300201(tmp_path, sample):
 
     config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 3, "val_interval": 1, "cpu_num_workers": 1,
               "learning_rate": 1e12}
-    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config), timeout=300)
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config))
     assert run.returncode == 1, run.output[-3000:]
     fields = run.monitor()
     assert fields[3:5] == ["4", "300201"] and "learning_rate" in fields[5]
     assert run.output.count("resuming from the last Ray Train checkpoint") == 0
+    assert "[FailurePolicy] RETRY" not in run.output  # Ray Train did not restart the workers
+
+
+@pytest.mark.parametrize(("option", "stage", "cause"), [
+    ("model.backbone.type=NoSuchBackbone", "building the mmengine Runner for yolov8_n failed", "KeyError"),
+    ("train_dataloader.dataset.ann_file=/no/such/train.json", "preparing training", "FileNotFoundError"),
+], ids=["runner", "dataset"])
+def test_error_no_restart_can_fix_fails_once(tmp_path, sample, option, stage, cause):
+    """An error while the Runner or the dataset is built comes back on every restart: the
+    task ends at the first one, with no Ray Train restart, one line naming the stage and the
+    cause, and the worker's traceback below it. Two workers: both ranks meet it."""
+    from conftest import run_entry
+
+    config = {**TRAIN_CONFIG, "max_epochs": 1, "val_interval": 1, "cfg_options": option}
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config))
+    assert run.returncode == 1, run.output[-3000:]
+    fields = run.monitor()
+    assert fields[3:5] == ["4", "300001"], fields
+    assert fields[5].startswith(stage) and cause in fields[5], fields[5]
+    below = (run.out / "monitor.txt").read_text().splitlines()[1:]
+    assert below and below[0].startswith("Traceback") and any("ray_app/train/worker.py" in line for line in below)
+    assert "[FailurePolicy] RETRY" not in run.output and "resuming from the last Ray Train checkpoint" not in run.output

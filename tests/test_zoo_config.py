@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.model_config.edit import walk
+from ray_app.model_config.zoo import FAMILIES, check_img_size, config_path, family_of, model_zoo
 from ray_app.protocol.hyperparams import TrainingParams, load_template
-from ray_app.train.config import _walk, build_config, evaluate_config, parse_cfg_options, set_warmup
-from ray_app.train.zoo import config_path, model_zoo
+from ray_app.train.config import build_config, evaluate_config, init_parameters, parse_cfg_options
 
 REQUIRED = ([f"yolov5_{s}" for s in "nsmlx"] + [f"yolov6_{s}" for s in "ntsml"] + ["yolov7_tiny", "yolov7_l", "yolov7_x"]
             + [f"yolov8_{s}" for s in "nsmlx"] + [f"yolox_{s}" for s in ("tiny", "s", "m", "l", "x")]
@@ -40,11 +41,11 @@ def params(**override) -> TrainingParams:
 @pytest.mark.parametrize("model_name", ["yolov5_n", "yolov6_n", "yolov7_tiny", "yolov8_n", "yolox_tiny", "rtmdet_tiny",
                                         "ppyoloe_plus_s"])
 def test_config_for_every_family(tmp_path, model_name):
-    cfg = build_config(params(model_name=model_name), Path("/x/train.json"), Path("/x/val.json"), tmp_path)
-    nodes = list(_walk(cfg._cfg_dict))
+    cfg = build_config(params(model_name=model_name), Path("/x/train.json"), Path("/x/val.json"), tmp_path, 10)
+    nodes = list(walk(cfg._cfg_dict))
     assert {n["num_classes"] for n in nodes if "num_classes" in n} == {3}
     for loader, ann in (("train_dataloader", "/x/train.json"), ("val_dataloader", "/x/val.json")):
-        datasets = [d for d in _walk(cfg[loader].dataset) if "ann_file" in d]
+        datasets = [d for d in walk(cfg[loader].dataset) if "ann_file" in d]
         assert datasets and all(d["ann_file"] == ann and d["metainfo"]["classes"] == ("a", "b", "c") for d in datasets)
     assert cfg.val_evaluator.ann_file == "/x/val.json"
     sizes = {n[k] for n in nodes for k in ("img_scale", "scale", "img_size") if k in n}
@@ -67,10 +68,10 @@ def test_config_for_every_family(tmp_path, model_name):
 def test_learning_rate_and_cfg_options_applied_last(tmp_path):
     p = params(model_name="yolov8_n", learning_rate=0.05,
                cfg_options="optim_wrapper.optimizer.lr=0.003 model.backbone.frozen_stages=2 train_cfg.val_begin=2")
-    cfg = build_config(p, Path("t.json"), Path("v.json"), tmp_path)
+    cfg = build_config(p, Path("t.json"), Path("v.json"), tmp_path, 10)
     assert cfg.optim_wrapper.optimizer.lr == 0.003
     assert cfg.model.backbone.frozen_stages == 2 and cfg.train_cfg.val_begin == 2
-    assert build_config(params(learning_rate=0.05), Path("t"), Path("v"), tmp_path).optim_wrapper.optimizer.lr == 0.05
+    assert build_config(params(learning_rate=0.05), Path("t"), Path("v"), tmp_path, 10).optim_wrapper.optimizer.lr == 0.05
 
 
 def test_cfg_options_parse_literals_without_code():
@@ -83,7 +84,116 @@ def test_cfg_options_parse_literals_without_code():
 
 
 def test_warmup_capped_for_small_runs(tmp_path):
-    cfg = build_config(params(model_name="yolov5_n", max_epochs=10), Path("t"), Path("v"), tmp_path)
-    set_warmup(cfg, 50)
+    cfg = build_config(params(model_name="yolov5_n", max_epochs=10), Path("t"), Path("v"), tmp_path, 5)
     hook = cfg.default_hooks.param_scheduler
     assert hook.warmup_mim_iter == 5 and hook.warmup_epochs == 1
+
+
+def test_family_table_matches_the_zoo():
+    zoo = model_zoo()
+    for folder, family in FAMILIES.items():
+        assert family.smallest in zoo and family_of(family.smallest) is family
+        assert family.min_img_size % 32 == 0 and 32 <= family.min_img_size <= 640
+    assert {path.parent.name for path in zoo.values()} == set(FAMILIES)
+
+
+def test_unknown_model_and_bad_img_size_are_300001():
+    with pytest.raises(YmirError) as error:
+        check_img_size("no_such_model", 320)
+    assert error.value.code == ErrorCode.CONFIG and "yolov8_n" in error.value.message
+    for family in FAMILIES.values():
+        check_img_size(family.smallest, family.min_img_size)
+        check_img_size(family.smallest, 640)
+        for bad in (family.min_img_size + 16, family.min_img_size - 32):
+            with pytest.raises(YmirError) as error:
+                check_img_size(family.smallest, bad)
+            assert error.value.code == ErrorCode.CONFIG
+            assert f"at least {family.min_img_size}" in error.value.message and "multiple of 32" in error.value.message
+
+
+def _schedulers(cfg) -> list[dict]:
+    schedulers = cfg.get("param_scheduler") or []
+    return list(schedulers) if isinstance(schedulers, list) else [schedulers]
+
+
+@pytest.mark.parametrize("family", list(FAMILIES.values()), ids=list(FAMILIES))
+def test_built_config_builds_and_keeps_the_schedule_shape(tmp_path, family):
+    """Every hook and scheduler of the edited config builds (an unknown key fails here, as it
+    failed in the Runner for yolox and rtmdet), the warm-up is capped in the keys that type
+    takes, and the schedule keeps its shape scaled to max_epochs: switch epochs, decay, EMA."""
+    import torch
+    from mmengine.config import Config
+    from mmengine.optim import OptimWrapper
+    from mmyolo.registry import HOOKS, PARAM_SCHEDULERS
+    from mmyolo.utils import register_all_modules
+
+    from mmengine.visualization import Visualizer
+
+    register_all_modules(init_default_scope=True)
+    Visualizer.get_instance("built-config-test")  # the visualization hook looks it up
+    original = Config.fromfile(str(config_path(family.smallest)))
+    base_epochs = original.train_cfg.max_epochs
+    epochs, per_epoch = 10, 20
+    cfg = build_config(params(model_name=family.smallest, max_epochs=epochs), Path("t"), Path("v"), tmp_path,
+                       per_epoch)
+    cap = epochs * per_epoch // 10
+    hooks = [*cfg.default_hooks.values(), *cfg.get("custom_hooks", [])]
+    for hook in hooks:
+        HOOKS.build({k: v for k, v in hook.items() if k != "priority"})  # raises on a key it does not take
+        takes = init_parameters(hook["type"])
+        for key in ("warmup_mim_iter", "warmup_min_iter"):
+            if key in takes:
+                assert hook[key] <= cap
+        if "warmup_epochs" in takes:
+            assert hook["warmup_epochs"] <= 1
+    # the schedule follows max_epochs: every epoch-based switch and end scaled into the run
+    original_hooks = {h["type"]: h for h in [*original.default_hooks.values(), *original.get("custom_hooks", [])]}
+    edited_hooks = {h["type"]: h for h in hooks}
+    for kind, hook in original_hooks.items():
+        if kind == "EMAHook" or "EMA" in str(hook.get("ema_type", "")):
+            assert edited_hooks[kind]["ema_type"] == hook["ema_type"]  # the EMA is kept
+        for key in ("switch_epoch", "num_last_epochs", "total_epochs"):
+            if key in hook:
+                assert edited_hooks[kind][key] == round(hook[key] * epochs / base_epochs), (kind, key)
+        if "max_epochs" in hook:
+            assert edited_hooks[kind]["max_epochs"] == epochs
+        if "scheduler_type" in hook:  # yolov5-style linear or cosine decay
+            assert edited_hooks[kind]["scheduler_type"] == hook["scheduler_type"]
+    schedulers = _schedulers(cfg)
+    assert [s["type"] for s in schedulers] == [s["type"] for s in _schedulers(original)]
+    optimizer = OptimWrapper(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01))
+    for k, scheduler in enumerate(schedulers):
+        PARAM_SCHEDULERS.build(dict(scheduler), default_args=dict(optimizer=optimizer, epoch_length=per_epoch))
+        if k == 0 and len(schedulers) > 1:  # the warm-up: iteration-based, capped
+            assert scheduler["by_epoch"] is False and scheduler["begin"] == 0 and scheduler["end"] <= cap
+        elif scheduler.get("by_epoch", True):
+            assert 0 <= scheduler["begin"] < scheduler["end"] <= epochs + 1
+            if "T_max" in scheduler:
+                assert 1 <= scheduler["T_max"] <= epochs
+
+
+def test_no_url_left_in_any_built_config(tmp_path, monkeypatch):
+    """Nothing a built config names is fetched from the network at training time."""
+    monkeypatch.setenv("RAY_APP_WEIGHTS", str(tmp_path / "empty"))
+    for family in FAMILIES.values():
+        cfg = build_config(params(model_name=family.smallest), Path("t"), Path("v"), tmp_path, 10)
+        urls = [(k, v) for node in walk(cfg._cfg_dict) for k, v in node.items()
+                if isinstance(v, str) and "://" in v]
+        assert not urls, (family.smallest, urls)
+        assert not (cfg.get("load_from") or "").startswith("http")
+
+
+def test_remote_backbone_from_the_weights_folder(tmp_path, monkeypatch, caplog):
+    from ray_app.model_config.offline import localize_weights
+
+    original = build_config(params(model_name="rtmdet_s"), Path("t"), Path("v"), tmp_path, 10)
+    assert original.model.backbone.init_cfg is None  # no weights folder: default init ...
+    name = "cspnext-s_imagenet_600e.pth"
+    (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setenv("RAY_APP_WEIGHTS", str(tmp_path))
+    cfg = build_config(params(model_name="rtmdet_s"), Path("t"), Path("v"), tmp_path, 10)
+    assert cfg.model.backbone.init_cfg.checkpoint == str(tmp_path / name)  # ... or the local file
+    with pytest.raises(YmirError) as error:
+        cfg.load_from = "https://example.com/x.pth"
+        localize_weights(cfg, "rtmdet_s")
+    assert error.value.code == ErrorCode.CONFIG and "never downloads" in error.value.message

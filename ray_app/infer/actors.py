@@ -27,6 +27,7 @@ import torch
 from ray_app.infer.images import decode_bgr
 from ray_app.infer.model import Detector, ModelBundle
 from ray_app.mining import aldd, cald, entropy, random_baseline
+from ray_app.pause import pause_point
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
 
@@ -141,6 +142,7 @@ class DetectorActor:
                 dets[i] = json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, det_scores, labels)])
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
+        pause_point("model_batch_done", node=self.node_id, images=n)  # tests: a fault while results are in flight
         return {"path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
                 "height": sizes[:, 0], "width": sizes[:, 1], "error": np.array(errors, dtype=object),
                 "node": np.array([self.node_id] * n, dtype=object)}

@@ -21,7 +21,7 @@ from ray_app.config_files import load_config_safely
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
-from ray_app.train.config import set_img_size
+from ray_app.model_config.edit import set_img_size
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,13 @@ class YmirError(Exception):
     likely code for the task with its traceback.
     """
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.code = ErrorCode(code)
         self.message = " ".join(message.split())  # one line, always
+        #: the traceback to show below the line when it is not this process's own (a Train
+        #: worker's, reported through the driver)
+        self.detail = detail
 
     def __str__(self) -> str:
         """``[300004] message``: the code travels in the text, since the text is all Ray keeps
@@ -43,7 +46,7 @@ class YmirError(Exception):
         """Pickle by code and message. Ray sends an error raised in an actor or task back to
         the driver pickled; the default (``YmirError(*args)``, one argument) cannot be
         unpickled, and Ray would report an ``UnserializableException`` in its place."""
-        return type(self), (self.code, self.message)
+        return type(self), (self.code, self.message, self.detail)
 
 
 def classify(error: BaseException) -> ErrorCode:

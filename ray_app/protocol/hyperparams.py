@@ -98,14 +98,6 @@ class TrainingParams(CommonParams):
             raise ValueError("must be -1 (keep all) or at least 1")
         return value
 
-    @field_validator("model_name")
-    @classmethod
-    def _known_model(cls, value: str) -> str:
-        from ray_app.train.zoo import config_path  # raises YmirError listing valid names
-
-        config_path(value)
-        return value
-
     @field_validator("cfg_options", "args_options", "ymir_saved_file_patterns", mode="before")
     @classmethod
     def _none_is_empty_text(cls, value: Any) -> Any:

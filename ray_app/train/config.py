@@ -1,79 +1,62 @@
 """The mmengine config of a training run, from the zoo config and the hyperparameters.
 
-mmyolo configs resolve their top-level variables (``num_classes``, ``img_scale``,
-``max_epochs``) into many nested places when loaded; changing the variable afterwards
-changes nothing. So each is rewritten where it landed, by key, across the whole config.
+Classes and input size are edited as inference edits them (:mod:`ray_app.model_config.edit`);
+what only training has (epochs, warm-up, data, loaders, hooks) is edited here. A hook or a
+scheduler only ever gets keys its own ``__init__`` names: the families use different ones
+(yolov5's ``YOLOv5ParamSchedulerHook`` takes ``warmup_mim_iter``, ppyoloe's spells it
+``warmup_min_iter``, yolox and rtmdet keep mmengine's plain ``ParamSchedulerHook``, which
+takes none), and an unknown key fails when the Runner is built.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import shlex
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from mmengine.config import Config, DictAction
 
+from ray_app.model_config.edit import set_img_size, set_num_classes, walk
+from ray_app.model_config.offline import localize_weights
+from ray_app.model_config.zoo import config_path
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams
-from ray_app.train.zoo import config_path
 
 log = logging.getLogger(__name__)
 
-#: keys whose values are input sizes (ints, or (w, h) pairs) in mmyolo pipelines
-SIZE_KEYS = {"img_scale", "scale", "crop_size", "size", "img_size", "border", "width", "height"}
-#: heads whose loss weights the configs scale by num_classes / 80 and (img_scale / 640) ** 2
-YOLOV5_STYLE_HEADS = {"YOLOv5Head", "YOLOv7Head"}
 METRIC = "coco/bbox_mAP"
+#: warm-up length in iterations, as yolov5-style hooks spell it and as ppyoloe's does
+WARMUP_ITER_KEYS = ("warmup_mim_iter", "warmup_min_iter")
 
 
-def _walk(node: Any):
-    """Every dict inside ``node`` (dicts and lists, depth first)."""
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _walk(value)
+@lru_cache(maxsize=None)
+def init_parameters(type_name: str) -> dict[str, inspect.Parameter]:
+    """The named ``__init__`` parameters of a registered hook or scheduler type
+    (``**kwargs`` left out: the plain hooks hand them to a parent that takes none)."""
+    from mmyolo.registry import HOOKS, PARAM_SCHEDULERS
+    from mmyolo.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    cls = HOOKS.get(type_name) or PARAM_SCHEDULERS.get(type_name)
+    if cls is None:
+        return {}
+    return {name: p for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
 
 
-def set_num_classes(cfg: Config, num_classes: int) -> None:
-    """Every ``num_classes`` in the config, and the yolov5-style class loss weight."""
-    for node in _walk(cfg._cfg_dict):
-        if "num_classes" in node:
-            node["num_classes"] = num_classes
-    head = cfg.model.get("bbox_head", {})
-    if head.get("type") in YOLOV5_STYLE_HEADS and "loss_cls" in head:
-        head.loss_cls.loss_weight *= num_classes / 80
-    cfg.num_classes = num_classes
+def hook_configs(cfg: Config) -> list[dict]:
+    """Every hook config: the default hooks and the custom ones."""
+    hooks = [*cfg.get("default_hooks", {}).values(), *cfg.get("custom_hooks", [])]
+    return [hook for hook in hooks if isinstance(hook, dict) and "type" in hook]
 
 
-def set_img_size(cfg: Config, size: int) -> None:
-    """Square input ``size`` in every pipeline and batch-shape policy."""
-    base = int(cfg.get("img_scale", (640, 640))[0])
-    mapping = {base: size, 2 * base: 2 * size, -(base // 2): -(size // 2)}
-    if "test_img_scale" in cfg:  # yolox tiny/nano test at another size than they train
-        mapping.setdefault(int(cfg.test_img_scale[0]), size)
-        cfg.test_img_scale = (size, size)
-
-    def resized(value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return mapping.get(value, value)
-        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
-            return type(value)(mapping.get(v, v) for v in value)
-        return value
-
-    for key in ("tta_model", "tta_pipeline", "img_scales", "_multiscale_resize_transforms"):
-        cfg.pop(key, None)  # test-time augmentation: not used here, and sized for 640
-    for node in _walk(cfg._cfg_dict):
-        for key in SIZE_KEYS & set(node):
-            node[key] = resized(node[key])
-    head = cfg.model.get("bbox_head", {})
-    if head.get("type") in YOLOV5_STYLE_HEADS and "loss_obj" in head:
-        head.loss_obj.loss_weight *= (size / base) ** 2
-    cfg.img_scale = (size, size)
+def scheduler_configs(cfg: Config) -> list[dict]:
+    schedulers = cfg.get("param_scheduler") or []
+    return list(schedulers) if isinstance(schedulers, (list, tuple)) else [schedulers]
 
 
 def set_max_epochs(cfg: Config, max_epochs: int, val_interval: int) -> None:
@@ -83,17 +66,13 @@ def set_max_epochs(cfg: Config, max_epochs: int, val_interval: int) -> None:
     def scaled(value: int) -> int:
         return int(round(value * max_epochs / base))
 
-    hooks = [*cfg.get("default_hooks", {}).values(), *cfg.get("custom_hooks", [])]
-    for hook in hooks:
-        if not isinstance(hook, dict):
-            continue
+    for hook in hook_configs(cfg):
         if "max_epochs" in hook:
             hook["max_epochs"] = max_epochs
         for key in ("switch_epoch", "num_last_epochs", "total_epochs"):
             if key in hook:
                 hook[key] = scaled(hook[key])
-    schedulers = cfg.get("param_scheduler") or []
-    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+    for scheduler in scheduler_configs(cfg):
         if not scheduler.get("by_epoch", True):
             continue  # iteration-based warm-up: independent of the epoch count
         begin = scaled(scheduler.get("begin", 0))
@@ -113,7 +92,7 @@ def set_dataset(cfg: Config, train_json: Path, val_json: Path, class_names: list
     metainfo = {"classes": tuple(class_names)}
     for loader, ann_file in (("train_dataloader", train_json), ("val_dataloader", val_json),
                              ("test_dataloader", val_json)):
-        datasets = [d for d in _walk(cfg[loader].dataset) if "ann_file" in d] or [cfg[loader].dataset]
+        datasets = [d for d in walk(cfg[loader].dataset) if "ann_file" in d] or [cfg[loader].dataset]
         for dataset in datasets:
             dataset.update(data_root="", ann_file=str(ann_file), data_prefix=dict(img=""), metainfo=metainfo)
             if "filter_cfg" in dataset:
@@ -147,12 +126,15 @@ def parse_cfg_options(text: str) -> dict[str, Any]:
         raise YmirError(ErrorCode.CONFIG, f"cfg_options {text!r} is not a list of key=value: {e}") from None
 
 
-def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_dir: Path) -> Config:
-    """The full mmengine config of this training run (cfg_options applied last)."""
+def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_dir: Path,
+                 iters_per_epoch: int) -> Config:
+    """The full mmengine config of this training run (cfg_options applied last);
+    ``iters_per_epoch`` (per worker) sizes the warm-up."""
     cfg = Config.fromfile(str(config_path(params.model_name)))
     set_num_classes(cfg, len(params.class_names))
     set_img_size(cfg, params.img_size)
     set_max_epochs(cfg, params.max_epochs, params.val_interval)
+    set_warmup(cfg, iters_per_epoch * params.max_epochs, iters_per_epoch)
     set_dataset(cfg, train_json, val_json, params.class_names)
     set_loader(cfg, params.samples_per_gpu, params.workers_per_gpu)
     if params.learning_rate > 0:
@@ -175,6 +157,7 @@ def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_
     if options:
         cfg.merge_from_dict(options)
         log.info("cfg_options applied: %s", options)
+    localize_weights(cfg, params.model_name)  # after cfg_options: they may name URLs too
     return cfg
 
 
@@ -185,22 +168,28 @@ def evaluate_config(cfg: Config) -> dict[str, float]:
     return {"iou_thr": float(nms.get("iou_threshold", 0.65)), "conf_thr": float(test_cfg.get("score_thr", 0.001))}
 
 
-def set_warmup(cfg: Config, total_iters: int) -> None:
-    """Cap warm-up at a tenth of the run.
+def set_warmup(cfg: Config, total_iters: int, iters_per_epoch: int) -> None:
+    """Cap warm-up at a tenth of the run, in the keys each family's hook or scheduler takes.
 
     mmyolo warms up for at least 1000 iterations and 3 epochs (tuned for 300 COCO epochs);
     on a small YMIR dataset that can be the whole run, which then never reaches its
-    learning rate.
+    learning rate. Where the warm-up is a scheduler (yolox, rtmdet: the first of several,
+    from iteration 0) it becomes iteration-based and ends at the cap; the schedulers after
+    it keep their shape.
     """
     cap = max(1, total_iters // 10)
-    max_epochs = int(cfg.train_cfg.max_epochs)
-    for hook in cfg.get("default_hooks", {}).values():
-        if isinstance(hook, dict) and str(hook.get("type", "")).endswith("ParamSchedulerHook"):
-            ppyoloe = "PPYOLOE" in hook["type"]  # its hook spells the key 'min', yolov5's 'mim'
-            iter_key = "warmup_min_iter" if ppyoloe else "warmup_mim_iter"
-            hook[iter_key] = min(hook.get(iter_key, 1000), cap)
-            hook["warmup_epochs"] = min(hook.get("warmup_epochs", 5 if ppyoloe else 3), max(1, max_epochs // 10))
-    schedulers = cfg.get("param_scheduler") or []
-    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-        if not scheduler.get("by_epoch", True) and scheduler.get("begin", 0) == 0 and "end" in scheduler:
-            scheduler["end"] = min(scheduler["end"], cap)
+    epoch_cap = max(1, int(cfg.train_cfg.max_epochs) // 10)
+    for hook in hook_configs(cfg):
+        takes = init_parameters(str(hook["type"]))
+        for key in WARMUP_ITER_KEYS:
+            if key in takes:
+                hook[key] = min(hook.get(key, takes[key].default), cap)
+        if "warmup_epochs" in takes:
+            hook["warmup_epochs"] = min(hook.get("warmup_epochs", takes["warmup_epochs"].default), epoch_cap)
+    schedulers = scheduler_configs(cfg)
+    if len(schedulers) < 2 or schedulers[0].get("begin", 0) != 0 or "end" not in schedulers[0]:
+        return
+    warmup = schedulers[0]
+    end = warmup["end"] if not warmup.get("by_epoch", True) else warmup["end"] * iters_per_epoch
+    warmup.update(by_epoch=False, begin=0, end=max(1, min(end, cap)))
+    warmup.pop("convert_to_iter_based", None)

@@ -22,6 +22,7 @@ from mmengine.hooks import Hook
 from mmengine.runner import Runner
 
 from ray_app.checkpoints import resume_checkpoint, stage_checkpoint, to_bytes
+from ray_app.pause import pause_point
 from ray_app.protocol.errors import ErrorCode, YmirError
 
 METRIC = "coco/bbox_mAP"
@@ -41,6 +42,19 @@ def iteration_times(runner: Runner, warmup: int = 5) -> tuple[int, float] | None
     if len(times) <= warmup:
         return None
     return len(times), statistics.median(times[warmup:])
+
+
+class IterationsStarted(Hook):
+    """Notes that a training iteration completed: until then an error comes from building
+    the run (datasets, weights, a shape the network cannot take), which no restart fixes."""
+
+    priority = "VERY_HIGH"
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        self.done = True
 
 
 class YmirTrainHook(Hook):
@@ -69,7 +83,7 @@ class YmirTrainHook(Hook):
         if not math.isfinite(value):
             error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {value} at iteration "
                                                   f"{runner.iter + 1}; try a smaller learning_rate")
-            ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
+            ray.get(self.outputs.fail.remote(error.code, error.message, ""))  # no restart can fix this
             raise error
         now = time.monotonic()
         if self._is_rank0() and now - self._last_progress >= self.progress_interval_s:
@@ -98,6 +112,7 @@ class YmirTrainHook(Hook):
             ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED,
                                                    timeout_s=REGISTER_TIMEOUT_S)
             print(f"[rank 0] epoch {epoch}: resume checkpoint registered with Ray Train", flush=True)
+            pause_point("resume_checkpoint_registered", epoch=epoch)
 
     def after_train(self, runner) -> None:
         if self._is_rank0():

@@ -47,7 +47,7 @@ class TrainingOutputs:
         self.config_text = config_text
         self.stages: dict[str, ModelStage] = {}
         self.epochs: dict[str, int] = {}
-        self.failure: tuple[int, str] | None = None
+        self.failure: tuple[int, str, str] | None = None
 
     def progress(self, fraction: float) -> None:
         """Training progress in [0, 1); 1 is written by the entry once all is done."""
@@ -80,12 +80,13 @@ class TrainingOutputs:
         for relative, data in files.items():
             atomic_write_bytes(Path(self.env.output.tensorboard_dir) / relative, data, self.root)
 
-    def fail(self, code: int, message: str) -> None:
-        """A worker hit an error that a restart cannot fix (e.g. NaN loss): remember it, so
-        restarted workers stop at once and the driver reports it."""
-        self.failure = self.failure or (int(code), message)
+    def fail(self, code: int, message: str, trace: str = "") -> None:
+        """A worker hit an error that a restart cannot fix (a build error, a NaN loss):
+        remember the first one with the worker's traceback, so that Ray Train's failure
+        policy raises instead of retrying (``failures``) and the driver reports it."""
+        self.failure = self.failure or (int(code), message, trace)
 
-    def fatal(self) -> tuple[int, str] | None:
+    def fatal(self) -> tuple[int, str, str] | None:
         return self.failure
 
     def summary(self) -> dict[str, float]:

@@ -7,16 +7,18 @@ import logging
 from pathlib import Path
 
 from ray_app.checkpoints import load_checkpoint_file, stage_checkpoint, to_bytes
+from ray_app.model_config.offline import weights_dir as image_weights_dir
 from ray_app.protocol.atomic import atomic_write_bytes
 from ray_app.protocol.model_files import pick_weights, resolve
 
 log = logging.getLogger(__name__)
-COCO_WEIGHTS_DIR = Path("/weights")
 
 
-def coco_weights(config_file: Path, weights_dir: Path = COCO_WEIGHTS_DIR) -> Path | None:
+def coco_weights(config_file: Path, weights_dir: Path | None = None) -> Path | None:
     """A checkpoint baked into the image for this config (released mmyolo checkpoints are
-    named ``<config stem>_<date>-<hash>.pth``)."""
+    named ``<config stem>_<date>-<hash>.pth``), in ``weights_dir`` or the image's weights
+    folder (``$RAY_APP_WEIGHTS``, default ``/weights``)."""
+    weights_dir = weights_dir or image_weights_dir()
     if not weights_dir.is_dir():
         return None
     matches = sorted(weights_dir.glob(f"{config_file.stem}*.pth"))

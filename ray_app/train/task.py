@@ -14,21 +14,21 @@ from pathlib import Path
 import pyarrow.fs
 import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from ray_app.data.coco import to_coco
 from ray_app.data.index import read_index
+from ray_app.model_config.zoo import check_img_size, config_path
 from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
 from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, on_this_node, ray_session
-from ray_app.train.config import build_config, evaluate_config, parse_cfg_options, set_warmup
+from ray_app.train.config import build_config, evaluate_config, parse_cfg_options
+from ray_app.train.failures import YmirTorchTrainer
 from ray_app.train.outputs import TrainingOutputsActor
 from ray_app.train.pretrained import pretrained_weights
 from ray_app.train.staging import DatasetServer
-from ray_app.train.worker import train_worker
-from ray_app.train.zoo import config_path
+from ray_app.train.worker import WorkerSpec, train_worker
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def remove_resume_state(storage: str, experiment: str) -> None:
 def run_training(env: EnvConfig, monitor: Monitor) -> None:
     """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
     params = training_params(env)
+    check_img_size(params.model_name, params.img_size)  # an unknown model_name lists the valid ones
     gpu_ids = check_gpus(params)
     out_root = Path(env.output.root_dir)
     scratch = out_root / "ray_app"
@@ -92,10 +93,10 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
                                            "nothing to learn")
     monitor.progress(0.01, force=True)
 
-    cfg = build_config(params, scratch / "data" / "train.json", scratch / "data" / "val.json", scratch / "work")
     world = len(gpu_ids) or params.cpu_num_workers
     iters_per_epoch = math.ceil(train_report.images / (params.samples_per_gpu * world))
-    set_warmup(cfg, iters_per_epoch * params.max_epochs)
+    cfg = build_config(params, scratch / "data" / "train.json", scratch / "data" / "val.json", scratch / "work",
+                       iters_per_epoch)
     if "load_from" not in parse_cfg_options(params.cfg_options):
         start = pretrained_weights(params.pretrained_model_params, env.input.models_dir,
                                    config_path(params.model_name), scratch / "pretrained.pth", str(out_root))
@@ -110,13 +111,15 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
             coco_files, [cfg.load_from] if cfg.get("load_from") else [])
         storage = storage_path(params, scratch)
-        trainer = TorchTrainer(
+        spec = WorkerSpec(cfg=cfg, model_name=params.model_name, use_gpu=bool(gpu_ids),
+                          work_root=str(scratch / "work"), outputs=outputs, dataset_server=server,
+                          driver_node=ray.get_runtime_context().get_node_id(), coco_files=tuple(coco_files),
+                          class_names=tuple(params.class_names), task_id=env.task_id,
+                          saved_file_pattern=params.ymir_saved_file_patterns)
+        trainer = YmirTorchTrainer(
             train_worker,
-            train_loop_config={"cfg": cfg, "use_gpu": bool(gpu_ids), "work_root": str(scratch / "work"),
-                               "outputs": outputs, "saved_file_pattern": params.ymir_saved_file_patterns,
-                               "driver_node": ray.get_runtime_context().get_node_id(), "dataset_server": server,
-                               "coco_files": coco_files, "class_names": params.class_names,
-                               "task_id": env.task_id},
+            outputs=outputs,
+            train_loop_config={"spec": spec},
             scaling_config=scaling(params, gpu_ids),
             run_config=RunConfig(
                 name=f"ymir-{env.task_id}",
@@ -134,7 +137,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
             error = e
         failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
         if failure:
-            raise YmirError(ErrorCode(failure[0]), failure[1]) from error
+            raise YmirError(ErrorCode(failure[0]), failure[1], detail=failure[2]) from error
         if error is not None:
             raise error
         stages = ray.get(outputs.summary.remote())

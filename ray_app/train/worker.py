@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,32 @@ from mmengine.config import Config
 from mmengine.runner import Runner
 
 from ray_app.train.config import set_dataset
-from ray_app.train.hooks import RESUME_FILE, YmirTrainHook
+from ray_app.train.failures import peer_gone, record_fatal
+from ray_app.train.hooks import RESUME_FILE, IterationsStarted, YmirTrainHook
 from ray_app.train.staging import stage_dataset
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a Train worker gets from the driver (``train_loop_config={"spec": ...}``):
+    typed, so that a misspelt field fails on the driver, not in a worker after a restart."""
+
+    cfg: Config
+    model_name: str
+    use_gpu: bool
+    #: the run's scratch folder for work dirs, where this node can write it (see ``local_work_dir``)
+    work_root: str
+    #: ``TrainingOutputsActor`` on the driver's node: the only writer of /out
+    outputs: Any
+    #: ``DatasetServer`` on the driver's node, for workers on other nodes
+    dataset_server: Any
+    driver_node: str
+    #: the train and val COCO files, as the driver wrote them
+    coco_files: tuple[str, str]
+    class_names: tuple[str, ...]
+    task_id: str
+    #: ``ymir_saved_file_patterns``: extra work-dir files saved with every stage
+    saved_file_pattern: str = ""
 
 
 def local_work_dir(preferred: str, rank: int) -> Path:
@@ -45,25 +70,30 @@ def adapt_to_device(cfg: Config, use_gpu: bool, world_size: int) -> None:
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train's ``train_loop_per_worker``: build the Runner, resume if Ray restarted us."""
-    if ray.get(config["outputs"].fatal.remote()):
+    """Ray Train's ``train_loop_per_worker``: build the Runner, resume if Ray restarted us.
+
+    An error before the first iteration completes (config, Runner, datasets, starting
+    weights) is recorded as one no restart can fix (see ``failures``), unless it is this
+    rank's collective failing because a peer died."""
+    spec: WorkerSpec = config["spec"]
+    if ray.get(spec.outputs.fatal.remote()):
         return  # restarted after an error no restart can fix: end at once, the driver reports it
-    cfg: Config = config["cfg"].copy()
+    cfg: Config = spec.cfg.copy()
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    use_gpu = torch.cuda.is_available() and config["use_gpu"]
+    use_gpu = torch.cuda.is_available() and spec.use_gpu
     adapt_to_device(cfg, use_gpu, context.get_world_size())
     node = ray.get_runtime_context().get_node_id()
-    remote = node != config["driver_node"]
+    remote = node != spec.driver_node
     print(f"[rank {rank}] Ray Train worker on node {node[:8]}"
           f"{' (another node than the driver: staging the data)' if remote else ''}", flush=True)
     if remote:  # /in and /out are not here
-        staged = stage_dataset(config["dataset_server"], config["task_id"])
-        train_json, val_json = config["coco_files"]
-        set_dataset(cfg, Path(staged[train_json]), Path(staged[val_json]), config["class_names"])
+        staged = stage_dataset(spec.dataset_server, spec.task_id)
+        train_json, val_json = spec.coco_files
+        set_dataset(cfg, Path(staged[train_json]), Path(staged[val_json]), list(spec.class_names))
         if cfg.get("load_from"):
             cfg.load_from = staged[cfg.load_from]
-    work_dir = local_work_dir(config["work_root"], rank)
+    work_dir = local_work_dir(spec.work_root, rank)
     cfg.work_dir = str(work_dir)
     tensorboard_dir = work_dir / "tensorboard"
     for backend in cfg.visualizer.vis_backends:
@@ -80,9 +110,21 @@ def train_worker(config: dict[str, Any]) -> None:
 
     if not use_gpu:  # as many threads as CPUs Ray gave this worker
         torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    runner = Runner.from_cfg(cfg)
-    runner.register_hook(YmirTrainHook(config["outputs"], tensorboard_dir, config.get("saved_file_pattern", "")),
-                         priority="LOWEST")
-    runner.train()
+    try:
+        runner = Runner.from_cfg(cfg)
+    except Exception as error:
+        if not peer_gone(error):
+            record_fatal(spec.outputs, "building the mmengine Runner", spec.model_name, error)
+        raise
+    started = IterationsStarted()
+    runner.register_hook(started)
+    runner.register_hook(YmirTrainHook(spec.outputs, tensorboard_dir, spec.saved_file_pattern), priority="LOWEST")
+    try:
+        runner.train()
+    except Exception as error:
+        if not started.done and not peer_gone(error):
+            record_fatal(spec.outputs, "preparing training (datasets, optimizer, starting weights, first iteration)",
+                         spec.model_name, error)
+        raise
     if remote and context.get_local_rank() == 0:  # every rank is past the last validation: done with the copy
         shutil.rmtree(Path(staged[train_json]).parent, ignore_errors=True)

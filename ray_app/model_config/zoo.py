@@ -12,12 +12,42 @@ from __future__ import annotations
 
 import importlib.util
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from ray_app.protocol.errors import ErrorCode, YmirError
 
-FAMILIES = ("yolov5", "yolov6", "yolov7", "yolov8", "yolox", "rtmdet", "ppyoloe")
+#: every input size is a multiple of this: the largest stride of every family's network
+IMG_SIZE_STEP = 32
+
+
+@dataclass(frozen=True)
+class Family:
+    """One mmyolo model family: its config folder, and what the rest of the code reads of it."""
+
+    #: the folder of ``mmyolo/.mim/configs`` that holds its COCO configs
+    folder: str
+    #: its smallest model, which the tests and benchmarks train
+    smallest: str
+    #: the smallest ``img_size`` it trains at, measured with ``bench/min_img_size.py`` (one
+    #: epoch and one validation of ``smallest`` at every multiple of 32 from 32 to 160, each in
+    #: a fresh process; bench/results/min_img_size.json)
+    min_img_size: int
+
+
+#: The families, one entry each: adding a family is one line here (see ``Family``).
+FAMILIES = {f.folder: f for f in (
+    Family("yolov5", "yolov5_n", min_img_size=32),
+    # yolov6's ATSS assigner takes the 9 nearest priors per level: the stride-32 level must
+    # have 3 x 3 of them (at 64 px: "The size of tensor a (9) must match the size of tensor b (4)")
+    Family("yolov6", "yolov6_n", min_img_size=96),
+    Family("yolov7", "yolov7_tiny", min_img_size=32),
+    Family("yolov8", "yolov8_n", min_img_size=32),
+    Family("yolox", "yolox_tiny", min_img_size=32),
+    Family("rtmdet", "rtmdet_tiny", min_img_size=32),
+    Family("ppyoloe", "ppyoloe_plus_s", min_img_size=32),
+)}
 _NEEDS_MASKS = re.compile(r"(-ins_|mask-refine)")
 _RECIPE_START = re.compile(r"_(?:syncbn|fast)")
 _VERSION_TAG = re.compile(r"-v\d+")
@@ -61,3 +91,19 @@ def config_path(model_name: str) -> Path:
         raise YmirError(ErrorCode.CONFIG,
                         f"unknown model_name {model_name!r}; valid names: {', '.join(zoo)}")
     return zoo[name]
+
+
+def family_of(model_name: str) -> Family:
+    """The family of a zoo name (its config's folder)."""
+    return FAMILIES[config_path(model_name).parent.name]
+
+
+def check_img_size(model_name: str, img_size: int) -> None:
+    """300001 unless ``img_size`` is a multiple of 32 and at least the family's smallest
+    trainable size (``Family.min_img_size``): checked before Ray starts, so a size the
+    network cannot take fails in one line instead of a tensor-shape error in a worker."""
+    family = family_of(model_name)
+    if img_size % IMG_SIZE_STEP or img_size < family.min_img_size:
+        raise YmirError(ErrorCode.CONFIG, f"img_size {img_size} does not fit {model_name}: it must be a multiple of "
+                                          f"{IMG_SIZE_STEP}, at least {family.min_img_size} for {family.folder} "
+                                          f"models (e.g. {family.min_img_size}, {family.min_img_size + 32}, ..., 640)")

@@ -1,0 +1,66 @@
+"""Editing a loaded mmyolo config for a task: classes and input size.
+
+mmyolo configs resolve their top-level variables (``num_classes``, ``img_scale``) into many
+nested places when loaded; changing the variable afterwards changes nothing. So each is
+rewritten where it landed, by key, across the whole config. Training and inference both
+edit a config this way (a stage is served at the size the task asks for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmengine.config import Config
+
+#: keys whose values are input sizes (ints, or (w, h) pairs) in mmyolo pipelines
+SIZE_KEYS = {"img_scale", "scale", "crop_size", "size", "img_size", "border", "width", "height"}
+#: heads whose loss weights the configs scale by num_classes / 80 and (img_scale / 640) ** 2
+YOLOV5_STYLE_HEADS = {"YOLOv5Head", "YOLOv7Head"}
+
+
+def walk(node: Any):
+    """Every dict inside ``node`` (dicts and lists, depth first)."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from walk(value)
+
+
+def set_num_classes(cfg: Config, num_classes: int) -> None:
+    """Every ``num_classes`` in the config, and the yolov5-style class loss weight."""
+    for node in walk(cfg._cfg_dict):
+        if "num_classes" in node:
+            node["num_classes"] = num_classes
+    head = cfg.model.get("bbox_head", {})
+    if head.get("type") in YOLOV5_STYLE_HEADS and "loss_cls" in head:
+        head.loss_cls.loss_weight *= num_classes / 80
+    cfg.num_classes = num_classes
+
+
+def set_img_size(cfg: Config, size: int) -> None:
+    """Square input ``size`` in every pipeline and batch-shape policy."""
+    base = int(cfg.get("img_scale", (640, 640))[0])
+    mapping = {base: size, 2 * base: 2 * size, -(base // 2): -(size // 2)}
+    if "test_img_scale" in cfg:  # yolox tiny/nano test at another size than they train
+        mapping.setdefault(int(cfg.test_img_scale[0]), size)
+        cfg.test_img_scale = (size, size)
+
+    def resized(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return mapping.get(value, value)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+            return type(value)(mapping.get(v, v) for v in value)
+        return value
+
+    for key in ("tta_model", "tta_pipeline", "img_scales", "_multiscale_resize_transforms"):
+        cfg.pop(key, None)  # test-time augmentation: not used here, and sized for 640
+    for node in walk(cfg._cfg_dict):
+        for key in SIZE_KEYS & set(node):
+            node[key] = resized(node[key])
+    head = cfg.model.get("bbox_head", {})
+    if head.get("type") in YOLOV5_STYLE_HEADS and "loss_obj" in head:
+        head.loss_obj.loss_weight *= (size / base) ** 2
+    cfg.img_scale = (size, size)
