@@ -29,12 +29,57 @@ NODE_PORTS = ("--node-manager-port=6380", "--object-manager-port=6381",
 CONNECT_TIMEOUT_S = 15
 #: How long ``ray start`` may take to add this container as a node
 JOIN_TIMEOUT_S = 120
+#: Ray's token authentication (Ray 2.52+): the mode, and the token every node and driver presents
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
+AUTH_TOKEN_VARIABLE = "RAY_AUTH_TOKEN"
+#: the hyperparameter that carries the token when the image's environment does not
+TOKEN_HYPERPARAMETER = "ray_auth_token"
 
 
 def cluster_address(address: str) -> str:
     """The cluster to join: the ``ray_address`` hyperparameter, else ``$RAY_ADDRESS``, else
     empty (start a local Ray)."""
     return address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
+
+
+def use_auth_token(token: str) -> str:
+    """Present a token to the cluster, if there is one: ``$RAY_AUTH_TOKEN`` (an operator baked
+    it into a site-specific image) first, else the ``ray_auth_token`` hyperparameter (YMIR's
+    ``docker run`` takes no per-task environment: ``config.yaml`` is the only channel).
+
+    With a token this process and all it starts (``ray start``, Ray's workers on this node)
+    run with ``RAY_AUTH_MODE=token`` (unless the environment sets a mode) and the token in
+    ``RAY_AUTH_TOKEN``: the environment, never a file or a command line, so nothing under
+    /out and no log line holds it. Returns where the token came from ("" for none)."""
+    from_env = os.environ.get(AUTH_TOKEN_VARIABLE, "").strip()
+    chosen = from_env or token.strip()
+    if not chosen:
+        return ""
+    os.environ[AUTH_TOKEN_VARIABLE] = chosen
+    os.environ.setdefault(AUTH_MODE_VARIABLE, "token")
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")  # Ray caches its config and token at import: read the environment again
+    AuthenticationTokenLoader.instance().reset_cache()
+    return AUTH_TOKEN_VARIABLE if from_env else TOKEN_HYPERPARAMETER
+
+
+def check_authentication(address: str, token_source: str) -> None:
+    """300301 within a second when the cluster wants a token this process does not have, or
+    refuses the one it has (``ray.init`` would report a ``ConnectionError`` after ~20 s)."""
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=address)  # its first call to the GCS presents the token
+    except AuthenticationError:
+        if not token_source:
+            raise YmirError(ErrorCode.NETWORK, f"the Ray cluster at {address} requires a token (token "
+                                               f"authentication): give it in the hyperparameter "
+                                               f"{TOKEN_HYPERPARAMETER}, or as {AUTH_TOKEN_VARIABLE} in the "
+                                               "image's environment") from None
+        raise YmirError(ErrorCode.NETWORK, f"the Ray cluster at {address} refused the token given in "
+                                           f"{token_source}: it is not this cluster's token") from None
 
 
 def check_reachable(address: str) -> None:
@@ -82,18 +127,22 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
 
 
 @contextmanager
-def ray_session(address: str, gpu_ids: list[int]) -> Iterator[None]:
-    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), else start a local Ray sized
-    to this container with only the GPUs in ``gpu_ids`` visible. A Ray already initialised
-    in this process (tests, notebooks) is used as it is and left running."""
+def ray_session(address: str, gpu_ids: list[int], auth_token: str = "") -> Iterator[None]:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), presenting ``auth_token`` (see
+    :func:`use_auth_token`), else start a local Ray sized to this container with only the
+    GPUs in ``gpu_ids`` visible. A Ray already initialised in this process (tests,
+    notebooks) is used as it is and left running."""
     if ray.is_initialized():
         yield
         return
     address = cluster_address(address)
     started_node = False
     if address:
-        log.info("joining the Ray cluster at %s", address)
+        token_source = use_auth_token(auth_token)
+        log.info("joining the Ray cluster at %s%s", address,
+                 f" (token authentication, token from {token_source})" if token_source else "")
         check_reachable(address)
+        check_authentication(address, token_source)
         if not this_machine_is_a_node():
             join_as_node(address, gpu_ids)
             started_node = True

@@ -61,13 +61,18 @@ def test_inference_on_two_nodes_matches_one_node(tmp_path, sample, trained):
     assert len(placed) == 1 and head not in placed, placed  # both actors on the node with CPUs
     worked = re.search(r"model actors ran on 1 node\(s\): (\w+): 12 images", two.output)
     assert worked and not head.startswith(worked.group(1)), two.output[-3000:]
-    boxes_one, boxes_two = read_boxes(one.out), read_boxes(two.out)
-    assert boxes_one.keys() == boxes_two.keys() and len(boxes_one) == 12
-    for name in boxes_one:  # the same boxes; scores equal up to float noise of other batchings
+    assert_same_outputs(one.out, two.out, 12)
+
+
+def assert_same_outputs(one: Path, two: Path, images: int) -> None:
+    """The same boxes and mining scores, up to the float noise of other batchings."""
+    boxes_one, boxes_two = read_boxes(one), read_boxes(two)
+    assert boxes_one.keys() == boxes_two.keys() and len(boxes_one) == images
+    for name in boxes_one:
         a, b = boxes_one[name], boxes_two[name]
         assert [x[:5] for x in a] == [x[:5] for x in b], name
         assert all(abs(x[5] - y[5]) < 1e-3 for x, y in zip(a, b)), name
-    scores_one, scores_two = read_tsv(one.out), read_tsv(two.out)
+    scores_one, scores_two = read_tsv(one), read_tsv(two)
     assert scores_one.keys() == scores_two.keys()
     assert all(abs(scores_one[p] - scores_two[p]) < 1e-3 for p in scores_one)
 

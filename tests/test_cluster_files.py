@@ -199,5 +199,17 @@ def test_readme_mentions_ports_and_hyperparameters(kuberay, rayup, readme):
     assert {6379, 8265} <= ports
     missing = [p for p in sorted(ports) if not re.search(rf"(?<!\d){p}(?!\d)", readme)]
     assert not missing, f"cluster/README.md does not mention ports {missing}"
-    for name in ("ray_address", "ray_storage_path", "gpu_id", "cpu_num_workers"):
+    for name in ("ray_address", "ray_auth_token", "ray_storage_path", "gpu_id", "cpu_num_workers"):
         assert f"`{name}" in readme, f"cluster/README.md does not mention {name}"
+
+
+def test_both_clusters_require_a_token(kuberay, rayup, readme):
+    """Token authentication is on in both files, every node of the `ray up` cluster reads the
+    same token file, and the README says how to make, hand over and protect it."""
+    assert kuberay["spec"]["authOptions"]["mode"] == "token"
+    assert rayup["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    starts = [c for c in rayup["head_start_ray_commands"] + rayup["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2 and all("export RAY_AUTH_MODE=token;" in c.split("ray start")[0] for c in starts), starts
+    for needle in ("ray get-auth-token --generate", "authOptions", "`ray_auth_token", "300301",
+                   "closed to every other machine"):
+        assert needle in readme, f"cluster/README.md does not say {needle!r}"

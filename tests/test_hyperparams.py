@@ -95,3 +95,18 @@ def test_unreadable_config_is_300001(tmp_path):
     with pytest.raises(YmirError) as error:
         training_params(env)
     assert error.value.code == ErrorCode.CONFIG and "not valid YAML" in error.value.message
+
+
+def test_token_is_never_shown(tmp_path):
+    """``ray_auth_token`` is a secret: hidden in repr and in validation messages."""
+    token = "s3cr3t-token-value"
+    env = env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"],
+                                     "ray_auth_token": token}, mining=True)
+    params = inference_params(env)
+    assert params.ray_auth_token.get_secret_value() == token
+    assert token not in repr(params) and token not in str(params.model_dump())
+    env = env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"],
+                                     "ray_auth_token": ["s3cr3t", "list"]}, mining=True)
+    with pytest.raises(YmirError) as error:
+        inference_params(env)
+    assert "ray_auth_token" in error.value.message and "s3cr3t" not in error.value.message

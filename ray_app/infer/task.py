@@ -106,7 +106,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     scores: list[tuple[str, float]] = []
     bad = Issues()
     progress = Progress(monitor, len(images), what)
-    with ray_session(params.ray_address, gpu_ids):
+    with ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value()):
         for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):
             for path, dets, score, error, height, width in zip(batch["path"], batch["detections"], batch["score"],
                                                                batch["error"], batch["height"], batch["width"]):

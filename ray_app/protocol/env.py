@@ -91,11 +91,17 @@ def check_outputs(env: EnvConfig, names: Iterable[str] = WRITTEN_OUTPUTS) -> Non
                                               "every output must be written under it") from None
 
 
+#: fields whose value never appears in a message (``monitor.txt`` and the log are shown to users)
+SECRET_FIELDS = {"ray_auth_token"}
+
+
 def describe_validation_error(error: ValidationError) -> str:
-    """One readable line per pydantic error: ``field: message (got value)``, joined by '; '."""
+    """One readable line per pydantic error: ``field: message (got value)``, joined by '; '
+    (the value of a secret field is never shown)."""
     parts = []
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "value"
-        got = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item else ""
+        secret = bool(SECRET_FIELDS & {str(p) for p in item["loc"]})
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and "input" in item and not secret else ""
         parts.append(f"{where}: {item['msg']}{got}")
     return "; ".join(parts)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from ray_app.protocol.env import EnvConfig, describe_validation_error
 from ray_app.protocol.errors import ErrorCode, YmirError
@@ -42,6 +42,16 @@ class CommonParams(BaseModel):
     workers_per_gpu: int = Field(ge=0)
     cpu_num_workers: int = Field(ge=1)
     ray_address: str = ""
+    #: the Ray cluster's token (sensitive: hidden from repr, logs and error messages)
+    ray_auth_token: SecretStr = SecretStr("")
+
+    @field_validator("ray_auth_token", mode="before")
+    @classmethod
+    def _token_text(cls, value: Any) -> Any:
+        """Text as YAML gives it (a token of digits is an int there); nothing else is a token."""
+        if value is None:
+            return ""
+        return str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else value
 
     @field_validator("gpu_id", mode="before")
     @classmethod

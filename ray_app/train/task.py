@@ -104,7 +104,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     config_name = f"{params.model_name}_config.py"
     config_text = cfg.pretty_text
 
-    with ray_session(params.ray_address, gpu_ids):
+    with ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value()):
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
             env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, config_text)
         coco_files = [str(scratch / "data" / "train.json"), str(scratch / "data" / "val.json")]
