@@ -41,10 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
 from bench.scaling_bench import run_entry, startup_s, steady_rate  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
+from ray_app.mining import ALGORITHMS  # noqa: E402
 
 BATCH = 8
-#: forward passes per image for each mining algorithm (CALD: the image, flipped, brighter)
-PASSES = {"random": 1, "entropy": 1, "aldd": 1, "cald": 3}
+#: forward passes per image for each mining algorithm: the image, plus the algorithm's extra passes
+PASSES = {name: 1 + len(algorithm.augmentations) for name, algorithm in ALGORITHMS.items()}
 
 ORIGINAL = r'''
 import sys, time, json

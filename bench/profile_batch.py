@@ -56,7 +56,8 @@ def main() -> None:
         result = yaml.safe_load((models / "result.yaml").read_text())
         best = result["best_stage_name"]
         params = SimpleNamespace(model_params_path=[f"{best}/{f}" for f in result["model_stages"][best]["files"]],
-                                 class_names=data.class_names, img_size=SIZE, conf_threshold=0.2, iou_threshold=0.65)
+                                 class_names=data.class_names, img_size=SIZE, conf_threshold=0.2, iou_threshold=0.65,
+                                 cfg_options="")
         bundle = load_stage(params, str(models))
         preprocess = Preprocess(inference_pipeline(bundle.cfg), SIZE)
         model = Detector(bundle, "cpu").model

@@ -110,3 +110,24 @@ def test_token_is_never_shown(tmp_path):
     with pytest.raises(YmirError) as error:
         inference_params(env)
     assert "ray_auth_token" in error.value.message and "s3cr3t" not in error.value.message
+
+
+def test_what_users_of_the_sister_executors_type(tmp_path):
+    """``class_distribution_scores`` as comma text, ``ymir_saved_file_patterns`` as the SDK's
+    comma-separated regular expressions, ``cfg_options`` and ``img_size: 0`` for infer/mining."""
+    mining = inference_params(env_with_config(tmp_path, {"class_names": ["a", "b"], "model_params_path": ["w.pth"],
+                                                         "class_distribution_scores": "1.0, 2.5"}, mining=True))
+    assert mining.class_distribution_scores == [1.0, 2.5]
+    assert mining.img_size == 0 and mining.cfg_options == ""  # the templates' defaults: the stage's own size
+    training = training_params(env_with_config(tmp_path, {"class_names": ["a"],
+                                                          "ymir_saved_file_patterns": r".*\.log$, scalars\.json"},
+                                               training=True))
+    assert training.saved_file_patterns == (r".*\.log$", r"scalars\.json")
+    with pytest.raises(YmirError) as error:
+        training_params(env_with_config(tmp_path, {"class_names": ["a"], "ymir_saved_file_patterns": "ok, (unclosed"},
+                                        training=True))
+    assert error.value.code == ErrorCode.CONFIG and "'(unclosed' is not a regular expression" in error.value.message
+    with pytest.raises(YmirError) as error:
+        inference_params(env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"],
+                                                    "img_size": 16}, infer=True))
+    assert "must be 0 (the model's own size) or at least 32" in error.value.message

@@ -151,7 +151,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     from ray_app.infer.model import inference_pipeline, load_stage
 
     models, files = best_stage_files(trained)
-    params = SimpleNamespace(model_params_path=files, class_names=sample.class_names, img_size=128,
+    params = SimpleNamespace(model_params_path=files, class_names=sample.class_names, img_size=128, cfg_options="",
                              conf_threshold=0.05, iou_threshold=0.65)
     bundle = load_stage(params, str(models))
     steps = inference_pipeline(bundle.cfg)
@@ -186,3 +186,23 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
             assert other[path][0].shape == dets.shape, path
             np.testing.assert_allclose(other[path][0], dets, atol=1e-3)
             assert abs(other[path][1] - score) < 1e-6
+
+
+def test_model_size_by_default_and_cfg_options(tmp_path, sample, trained):
+    """``img_size: 0`` (the templates' default) serves the stage at the size it was trained at
+    (128 here, not the 640 of the zoo config), and ``cfg_options`` edit the stage's test config
+    (at most one box per image)."""
+    from conftest import best_stage_files
+    from ray_app.data.sample import write_task
+
+    models, files = best_stage_files(trained)
+    env_file = write_task(tmp_path / "task", sample, run_mining=True, run_infer=True, models_dir=models,
+                          config=dict(model_params_path=files, cpu_num_workers=1, samples_per_gpu=4,
+                                      cfg_options="model.test_cfg.max_per_img=1"))
+    run = run_entry(env_file)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "input 128 px (the size it was trained at: img_size 0)" in run.output
+    assert "cfg_options applied: {'model.test_cfg.max_per_img': 1}" in run.output
+    result = json.loads((run.out / "infer-result.json").read_text())["detection"]
+    boxes = [len(entry["boxes"]) for entry in result.values()]
+    assert len(boxes) == 12 and max(boxes) == 1, boxes

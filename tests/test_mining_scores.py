@@ -57,3 +57,28 @@ def test_cald_consistent_predictions_score_low():
     assert cald.score(original, [other_class, other_class]) == pytest.approx(1.0)
     assert cald.score(boxes(), [boxes(), moved]) == pytest.approx(0.4)  # found only in a copy
     assert cald.score(boxes(), [boxes(), boxes()]) == 0
+
+
+def test_one_table_of_algorithms():
+    """Every mining_algorithm is one entry: its score function and the extra passes it needs
+    (CALD's flip and brightness live with CALD); the template's default is one of them."""
+    import yaml
+
+    from conftest import REPO
+    from ray_app.mining import ALGORITHMS, Augmentation, MiningBatch
+
+    assert set(ALGORITHMS) == {"random", "entropy", "aldd", "cald"}
+    assert ALGORITHMS["cald"].augmentations == (Augmentation(flip=True), Augmentation(brightness=1.2))
+    assert all(not a.augmentations for name, a in ALGORITHMS.items() if name != "cald")
+    default = yaml.safe_load((REPO / "img-man" / "mining-template.yaml").read_text())["mining_algorithm"]
+    assert default in ALGORITHMS
+    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros(0, dtype=int))
+    found = (np.array([[0.0, 0, 10, 10]]), np.array([0.6]), np.array([1]))
+    batch = MiningBatch(paths=["a.jpg", "b.jpg"], detections=[found, empty],
+                        class_logits=[torch.zeros(2, 3, 4, 4)], augmented=[[found, empty], [empty, empty]],
+                        num_classes=3, conf_threshold=0.1, class_weights=None, task_id="t")
+    for name, algorithm in ALGORITHMS.items():
+        batch.augmented = [[found, empty]] * len(algorithm.augmentations)
+        scores = algorithm.score(batch)
+        assert len(scores) == 2 and all(isinstance(s, float) and s >= 0 for s in scores), name
+    assert ALGORITHMS["entropy"].score(batch)[1] == 0  # no detection: nothing to be unsure of

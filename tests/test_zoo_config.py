@@ -10,7 +10,8 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.model_config.edit import walk
 from ray_app.model_config.zoo import FAMILIES, check_img_size, config_path, family_of, model_zoo
 from ray_app.protocol.hyperparams import TrainingParams, load_template
-from ray_app.train.config import build_config, evaluate_config, init_parameters, parse_cfg_options
+from ray_app.model_config.edit import parse_cfg_options
+from ray_app.train.config import build_config, evaluate_config, init_parameters
 
 REQUIRED = ([f"yolov5_{s}" for s in "nsmlx"] + [f"yolov6_{s}" for s in "ntsml"] + ["yolov7_tiny", "yolov7_l", "yolov7_x"]
             + [f"yolov8_{s}" for s in "nsmlx"] + [f"yolox_{s}" for s in ("tiny", "s", "m", "l", "x")]
@@ -197,3 +198,24 @@ def test_remote_backbone_from_the_weights_folder(tmp_path, monkeypatch, caplog):
         cfg.load_from = "https://example.com/x.pth"
         localize_weights(cfg, "rtmdet_s")
     assert error.value.code == ErrorCode.CONFIG and "never downloads" in error.value.message
+
+
+def test_amp_on_gpus_by_default_ignored_on_cpu(tmp_path, caplog):
+    """``amp`` (on by default) gives mmengine's AmpOptimWrapper on GPUs, and one log line on
+    CPU; the original's ``args_options: --amp`` turns it on, other arguments get a warning."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    gpu = build_config(params(), Path("t"), Path("v"), tmp_path, 10, use_gpu=True)
+    assert gpu.optim_wrapper.type == "AmpOptimWrapper" and gpu.optim_wrapper.loss_scale == "dynamic"
+    cpu = build_config(params(), Path("t"), Path("v"), tmp_path, 10, use_gpu=False)
+    assert cpu.optim_wrapper.type == "OptimWrapper"
+    assert sum("amp ignored: mixed precision needs GPUs" in r.message for r in caplog.records) == 1
+    off = build_config(params(amp=False), Path("t"), Path("v"), tmp_path, 10, use_gpu=True)
+    assert off.optim_wrapper.type == "OptimWrapper"
+    caplog.clear()
+    on = build_config(params(amp=False, args_options="--amp --resume --sync-bn"), Path("t"), Path("v"), tmp_path,
+                      10, use_gpu=True)
+    assert on.optim_wrapper.type == "AmpOptimWrapper"
+    warned = [r.message for r in caplog.records if r.levelname == "WARNING" and "args_options" in r.message]
+    assert len(warned) == 1 and "--resume --sync-bn ignored" in warned[0] and "--amp" not in warned[0].split("ignored")[0]

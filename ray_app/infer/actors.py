@@ -26,7 +26,7 @@ import torch
 
 from ray_app.infer.images import decode_bgr
 from ray_app.infer.model import Detector, ModelBundle
-from ray_app.mining import aldd, cald, entropy, random_baseline
+from ray_app.mining import ALGORITHMS, MiningBatch
 from ray_app.pause import pause_point
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
@@ -98,7 +98,7 @@ class DetectorActor:
             torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
         self.detector = Detector(bundle, device)
         self.preprocess = Preprocess(preprocess_steps, int(bundle.cfg.img_scale[0])) if preprocess_steps else None
-        self.algorithm = algorithm
+        self.algorithm = ALGORITHMS[algorithm] if algorithm else None  # KeyError: a name the driver let through
         self.conf_threshold = conf_threshold
         self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
         self.task_id = task_id
@@ -148,15 +148,13 @@ class DetectorActor:
                 "node": np.array([self.node_id] * n, dtype=object)}
 
     def _scores(self, batch, good, packed, detections, class_logits) -> list[float]:
+        """The mining score of each good image: the extra passes its algorithm asks for, then
+        its score function (``ray_app.mining.ALGORITHMS``); 0 for boxes only."""
         if self.algorithm is None:
             return [0.0] * len(good)
-        if self.algorithm == "random":
-            return [random_baseline.score(self.task_id, str(batch["path"][i])) for i in good]
-        if self.algorithm == "entropy":
-            return [entropy.score(s, c, self.conf_threshold, self.weights) for _, s, c in detections]
-        if self.algorithm == "aldd":
-            weights = torch.as_tensor(self.weights) if self.weights is not None else None
-            return aldd.score_batch(list(class_logits), self.detector.num_classes, weights).tolist()
-        flipped, _ = self.detector.forward(packed, flip=True)
-        brighter, _ = self.detector.forward(packed, brightness=1.2)
-        return [cald.score(detections[k], [flipped[k], brighter[k]], self.weights) for k in range(len(good))]
+        augmented = [self.detector.forward(packed, flip=a.flip, brightness=a.brightness)[0]
+                     for a in self.algorithm.augmentations]
+        return self.algorithm.score(MiningBatch(
+            paths=[str(batch["path"][i]) for i in good], detections=detections, class_logits=class_logits,
+            augmented=augmented, num_classes=self.detector.num_classes, conf_threshold=self.conf_threshold,
+            class_weights=self.weights, task_id=self.task_id))

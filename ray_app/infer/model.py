@@ -21,7 +21,7 @@ from ray_app.config_files import load_config_safely
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
-from ray_app.model_config.edit import set_img_size
+from ray_app.model_config.edit import parse_cfg_options, set_img_size
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,19 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     if model_classes and model_classes != list(params.class_names):
         log.warning("model classes %s differ from the task's %s: boxes are named by the model's",
                     model_classes, params.class_names)
-    set_img_size(cfg, params.img_size)
+    if params.img_size:
+        set_img_size(cfg, params.img_size)
+    size = int(cfg.get("img_scale", (640, 640))[0])
     test_cfg = cfg.model.test_cfg
     test_cfg.score_thr = params.conf_threshold
     test_cfg.setdefault("nms", {})["iou_threshold"] = params.iou_threshold
     test_cfg.max_per_img = min(int(test_cfg.get("max_per_img", 300)), 300)
-    log.info("model: %s with %s", weights, config_file.name)
+    options = parse_cfg_options(params.cfg_options)
+    if options:
+        cfg.merge_from_dict(options)
+        log.info("cfg_options applied: %s", options)
+    log.info("model: %s with %s, input %d px%s", weights, config_file.name, size,
+             "" if params.img_size else " (the size it was trained at: img_size 0)")
     return ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
 
 

@@ -1,24 +1,19 @@
 """Active-learning scores, one module per algorithm; higher = more useful to label.
 
-Each module scores images from what one batched forward pass gives (ALDD works on the
-whole batch's dense maps; the others per image). ``ALGORITHMS`` is the list of valid
-``mining_algorithm`` values, with what each needs from the model.
+Each module scores images from what one batch of forward passes gives (ALDD works on the
+whole batch's dense maps; the others per image) and says what it needs in its ``ALGORITHM``
+(see :mod:`ray_app.mining.base`). ``ALGORITHMS`` is the one table of valid
+``mining_algorithm`` values: adding a score is one module and one entry here.
 """
 
-from dataclasses import dataclass
+from ray_app.mining import aldd, cald, entropy, random_baseline
+from ray_app.mining.base import Algorithm, Augmentation, MiningBatch
 
-
-@dataclass(frozen=True)
-class AlgorithmNeeds:
-    """What an algorithm needs from the forward pass."""
-
-    dense_maps: bool = False      # the head's per-pixel class logits (ALDD)
-    augmented_passes: int = 0     # extra forward passes on transformed inputs (CALD)
-
-
-ALGORITHMS = {
-    "random": AlgorithmNeeds(),
-    "entropy": AlgorithmNeeds(),
-    "aldd": AlgorithmNeeds(dense_maps=True),
-    "cald": AlgorithmNeeds(augmented_passes=2),
+ALGORITHMS: dict[str, Algorithm] = {
+    "random": random_baseline.ALGORITHM,
+    "entropy": entropy.ALGORITHM,
+    "aldd": aldd.ALGORITHM,
+    "cald": cald.ALGORITHM,
 }
+
+__all__ = ["ALGORITHMS", "Algorithm", "Augmentation", "MiningBatch"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ray_app.mining.base import Algorithm, MiningBatch
+
 EPS = 1e-6
 
 
@@ -47,3 +49,11 @@ def score_batch(class_logits: list[torch.Tensor], num_classes: int, class_weight
         peaks = F.max_pool2d(disagreement.unsqueeze(1), k, stride=k, ceil_mode=True)
         level_scores.append(peaks.flatten(1).mean(dim=1))
     return torch.stack(level_scores, dim=1).mean(dim=1)
+
+
+def score_mining_batch(batch: MiningBatch) -> list[float]:
+    weights = torch.as_tensor(batch.class_weights) if batch.class_weights is not None else None
+    return score_batch(list(batch.class_logits), batch.num_classes, weights).tolist()
+
+
+ALGORITHM = Algorithm(score=score_mining_batch)

@@ -3,14 +3,19 @@
 mmyolo configs resolve their top-level variables (``num_classes``, ``img_scale``) into many
 nested places when loaded; changing the variable afterwards changes nothing. So each is
 rewritten where it landed, by key, across the whole config. Training and inference both
-edit a config this way (a stage is served at the size the task asks for).
+edit a config this way (a stage is served at the size the task asks for), and both take
+``cfg_options``.
 """
 
 from __future__ import annotations
 
+import argparse
+import shlex
 from typing import Any
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
+
+from ray_app.protocol.errors import ErrorCode, YmirError
 
 #: keys whose values are input sizes (ints, or (w, h) pairs) in mmyolo pipelines
 SIZE_KEYS = {"img_scale", "scale", "crop_size", "size", "img_size", "border", "width", "height"}
@@ -64,3 +69,16 @@ def set_img_size(cfg: Config, size: int) -> None:
     if head.get("type") in YOLOV5_STYLE_HEADS and "loss_obj" in head:
         head.loss_obj.loss_weight *= (size / base) ** 2
     cfg.img_scale = (size, size)
+
+
+def parse_cfg_options(text: str) -> dict[str, Any]:
+    """``"a.b=1 c=[1,2]"`` -> a dict, with mmengine's own ``DictAction`` (which parses
+    literals and never evaluates code); a malformed option is error 300001."""
+    if not text.strip():
+        return {}
+    parser = argparse.ArgumentParser(exit_on_error=False, add_help=False)
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
+    try:
+        return parser.parse_args(["--cfg-options", *shlex.split(text)]).cfg_options or {}
+    except (argparse.ArgumentError, ValueError, SystemExit) as e:
+        raise YmirError(ErrorCode.CONFIG, f"cfg_options {text!r} is not a list of key=value: {e}") from None

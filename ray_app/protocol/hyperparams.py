@@ -8,6 +8,7 @@ one readable line with error 300001.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,12 @@ from ray_app.protocol.yaml_files import read_yaml_mapping
 
 TEMPLATE_DIR_VARIABLE = "RAY_APP_IMG_MAN"
 EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
+
+
+def saved_file_patterns(text: str) -> tuple[str, ...]:
+    """``ymir_saved_file_patterns`` as the YMIR SDK reads it: regular expressions separated by
+    commas (``'.*\\.log, .*\\.json'``), blanks around them ignored."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def _as_list(cls: type, value: Any) -> Any:
@@ -87,6 +94,8 @@ class TrainingParams(CommonParams):
     max_keep_checkpoints: int = Field(ge=-1)
     learning_rate: float = Field(ge=0)
     find_unused_parameters: bool = False
+    #: mixed precision on GPUs (ignored on CPU)
+    amp: bool = True
     cfg_options: str = ""
     args_options: str = ""
     ymir_saved_file_patterns: str = ""
@@ -113,15 +122,45 @@ class TrainingParams(CommonParams):
     def _none_is_empty_text(cls, value: Any) -> Any:
         return "" if value is None else value
 
+    @field_validator("ymir_saved_file_patterns")
+    @classmethod
+    def _regular_expressions(cls, value: str) -> str:
+        for pattern in saved_file_patterns(value):
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a regular expression: {e}") from None
+        return value
+
+    @property
+    def saved_file_patterns(self) -> tuple[str, ...]:
+        return saved_file_patterns(self.ymir_saved_file_patterns)
+
     _pretrained_as_list = field_validator("pretrained_model_params", mode="before")(_as_list)
 
 
 class InferParams(CommonParams):
     """``infer-template.yaml`` plus the model stage the platform hands over."""
 
+    #: 0: the input size recorded in the stage's config (the size it was trained at)
+    img_size: int = Field(ge=0)
     conf_threshold: float = Field(ge=0, le=1)
     iou_threshold: float = Field(gt=0, le=1)
     model_params_path: list[str] = Field(min_length=1)
+    #: mmengine overrides of the stage's config, as in training (``a.b=1 c=[1,2]``)
+    cfg_options: str = ""
+
+    @field_validator("img_size")
+    @classmethod
+    def _own_size_or_at_least_32(cls, value: int) -> int:
+        if 0 < value < 32:
+            raise ValueError("must be 0 (the model's own size) or at least 32")
+        return value
+
+    @field_validator("cfg_options", mode="before")
+    @classmethod
+    def _no_options(cls, value: Any) -> Any:
+        return "" if value is None else value
 
     _model_files_as_list = field_validator("model_params_path", mode="before")(_as_list)
 
@@ -144,8 +183,13 @@ class MiningParams(InferParams):
 
     @field_validator("class_distribution_scores", mode="before")
     @classmethod
-    def _empty_list(cls, value: Any) -> Any:
-        return [] if value in (None, "") else value
+    def _list_or_comma_text(cls, value: Any) -> Any:
+        """A list, or the sister executors' comma string ``'1.0,2.0'``; empty: all classes 1."""
+        if value in (None, ""):
+            return []
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
 
 def template_dir() -> Path:

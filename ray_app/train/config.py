@@ -10,20 +10,17 @@ takes none), and an unknown key fails when the Runner is built.
 
 from __future__ import annotations
 
-import argparse
 import inspect
-import logging
 import shlex
+import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from ray_app.model_config.edit import set_img_size, set_num_classes, walk
+from ray_app.model_config.edit import parse_cfg_options, set_img_size, set_num_classes, walk
 from ray_app.model_config.offline import localize_weights
 from ray_app.model_config.zoo import config_path
-from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams
 
 log = logging.getLogger(__name__)
@@ -113,23 +110,38 @@ def set_loader(cfg: Config, batch_size: int, num_workers: int) -> None:
         optimizer.batch_size_per_gpu = batch_size
 
 
-def parse_cfg_options(text: str) -> dict[str, Any]:
-    """``"a.b=1 c=[1,2]"`` -> a dict, with mmengine's own ``DictAction`` (which parses
-    literals and never evaluates code); a malformed option is error 300001."""
-    if not text.strip():
-        return {}
-    parser = argparse.ArgumentParser(exit_on_error=False, add_help=False)
-    parser.add_argument("--cfg-options", nargs="+", action=DictAction)
-    try:
-        return parser.parse_args(["--cfg-options", *shlex.split(text)]).cfg_options or {}
-    except (argparse.ArgumentError, ValueError, SystemExit) as e:
-        raise YmirError(ErrorCode.CONFIG, f"cfg_options {text!r} is not a list of key=value: {e}") from None
+#: the original executor's train.py arguments that mean something here, and what they set
+ARGS_OPTIONS = {"--amp": "amp"}
+
+
+def parse_args_options(text: str) -> set[str]:
+    """The original's ``args_options`` (``"--amp --resume"``): the flags this executor maps
+    (``ARGS_OPTIONS``) as the hyperparameters they turn on; one warning names the rest."""
+    words = shlex.split(text or "")
+    ignored = [w for w in words if w not in ARGS_OPTIONS]
+    if ignored:
+        log.warning("args_options %s ignored: this executor has no train.py; it maps only %s (use cfg_options "
+                    "for the rest; --resume: a run lost mid-way resumes by itself, from its last checkpoint)",
+                    " ".join(ignored), ", ".join(ARGS_OPTIONS))
+    return {ARGS_OPTIONS[w] for w in words if w in ARGS_OPTIONS}
+
+
+def set_amp(cfg: Config, use_gpu: bool, amp: bool) -> None:
+    """Mixed precision (mmengine's ``AmpOptimWrapper``, dynamic loss scale) when asked for and
+    training on GPUs; on CPU one log line says it is ignored (it needs CUDA)."""
+    if not amp:
+        return
+    if not use_gpu:
+        log.info("amp ignored: mixed precision needs GPUs; training on CPU in fp32")
+        return
+    cfg.optim_wrapper.type = "AmpOptimWrapper"
+    cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
 
 
 def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_dir: Path,
-                 iters_per_epoch: int) -> Config:
+                 iters_per_epoch: int, use_gpu: bool = False) -> Config:
     """The full mmengine config of this training run (cfg_options applied last);
-    ``iters_per_epoch`` (per worker) sizes the warm-up."""
+    ``iters_per_epoch`` (per worker) sizes the warm-up; ``use_gpu`` decides AMP."""
     cfg = Config.fromfile(str(config_path(params.model_name)))
     set_num_classes(cfg, len(params.class_names))
     set_img_size(cfg, params.img_size)
@@ -150,9 +162,7 @@ def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_
     cfg.work_dir = str(work_dir)
     cfg.load_from = None
     cfg.resume = False
-    if params.args_options.strip():
-        log.warning("args_options %r ignored: this executor has no train.py arguments; use cfg_options",
-                    params.args_options)
+    set_amp(cfg, use_gpu, params.amp or "amp" in parse_args_options(params.args_options))
     options = parse_cfg_options(params.cfg_options)
     if options:
         cfg.merge_from_dict(options)

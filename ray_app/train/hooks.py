@@ -64,11 +64,11 @@ class YmirTrainHook(Hook):
 
     priority = "LOWEST"
 
-    def __init__(self, outputs: Any, tensorboard_dir: Path, saved_file_pattern: str = "",
+    def __init__(self, outputs: Any, tensorboard_dir: Path, saved_file_patterns: tuple[str, ...] = (),
                  progress_interval_s: float = 2.0) -> None:
         self.outputs = outputs
         self.tensorboard_dir = Path(tensorboard_dir)
-        self.saved_file_pattern = re.compile(saved_file_pattern) if saved_file_pattern else None
+        self.saved_file_patterns = [re.compile(p) for p in saved_file_patterns]
         self.progress_interval_s = progress_interval_s
         self._last_progress = 0.0
         self._checkpoint: dict[str, Any] | None = None
@@ -122,12 +122,14 @@ class YmirTrainHook(Hook):
             self._ship_tensorboard(runner)
 
     def _extra_files(self, runner) -> dict[str, bytes]:
-        """Files of the work dir matching ``ymir_saved_file_patterns``, for every stage."""
-        if self.saved_file_pattern is None:
+        """Files of the work dir whose name one of ``ymir_saved_file_patterns`` finds (``re.search``,
+        as the YMIR SDK does), for every stage; the weights are the stage's own."""
+        if not self.saved_file_patterns:
             return {}
         found = {}
         for path in Path(runner.work_dir).rglob("*"):
-            if path.is_file() and self.saved_file_pattern.search(path.name) and not path.name.endswith(".pth"):
+            if (path.is_file() and not path.name.endswith(".pth")
+                    and any(pattern.search(path.name) for pattern in self.saved_file_patterns)):
                 found[path.name] = path.read_bytes()
         return found
 

@@ -23,7 +23,8 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
 from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, on_this_node, ray_session
-from ray_app.train.config import build_config, evaluate_config, parse_cfg_options
+from ray_app.model_config.edit import parse_cfg_options
+from ray_app.train.config import build_config, evaluate_config
 from ray_app.train.failures import YmirTorchTrainer
 from ray_app.train.outputs import TrainingOutputsActor
 from ray_app.train.pretrained import pretrained_weights
@@ -96,7 +97,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     world = len(gpu_ids) or params.cpu_num_workers
     iters_per_epoch = math.ceil(train_report.images / (params.samples_per_gpu * world))
     cfg = build_config(params, scratch / "data" / "train.json", scratch / "data" / "val.json", scratch / "work",
-                       iters_per_epoch)
+                       iters_per_epoch, use_gpu=bool(gpu_ids))
     if "load_from" not in parse_cfg_options(params.cfg_options):
         start = pretrained_weights(params.pretrained_model_params, env.input.models_dir,
                                    config_path(params.model_name), scratch / "pretrained.pth", str(out_root))
@@ -115,7 +116,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
                           work_root=str(scratch / "work"), outputs=outputs, dataset_server=server,
                           driver_node=ray.get_runtime_context().get_node_id(), coco_files=tuple(coco_files),
                           class_names=tuple(params.class_names), task_id=env.task_id,
-                          saved_file_pattern=params.ymir_saved_file_patterns)
+                          saved_file_patterns=params.saved_file_patterns)
         trainer = YmirTorchTrainer(
             train_worker,
             outputs=outputs,

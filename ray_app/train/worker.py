@@ -39,8 +39,8 @@ class WorkerSpec:
     coco_files: tuple[str, str]
     class_names: tuple[str, ...]
     task_id: str
-    #: ``ymir_saved_file_patterns``: extra work-dir files saved with every stage
-    saved_file_pattern: str = ""
+    #: ``ymir_saved_file_patterns``: regular expressions of extra work-dir files saved with every stage
+    saved_file_patterns: tuple[str, ...] = ()
 
 
 def local_work_dir(preferred: str, rank: int) -> Path:
@@ -64,6 +64,9 @@ def adapt_to_device(cfg: Config, use_gpu: bool, world_size: int) -> None:
     cfg.launcher = "pytorch" if world_size > 1 else "none"
     cfg.env_cfg.setdefault("dist_cfg", {})["backend"] = "nccl" if use_gpu else "gloo"
     if not use_gpu:
+        if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":  # a GPU run placed on a CPU worker
+            cfg.optim_wrapper.type = "OptimWrapper"
+            cfg.optim_wrapper.pop("loss_scale", None)
         cfg.model_wrapper_cfg["device_ids"] = None
         cfg.model.use_syncbn = False
         cfg.env_cfg.cudnn_benchmark = False
@@ -118,7 +121,7 @@ def train_worker(config: dict[str, Any]) -> None:
         raise
     started = IterationsStarted()
     runner.register_hook(started)
-    runner.register_hook(YmirTrainHook(spec.outputs, tensorboard_dir, spec.saved_file_pattern), priority="LOWEST")
+    runner.register_hook(YmirTrainHook(spec.outputs, tensorboard_dir, spec.saved_file_patterns), priority="LOWEST")
     try:
         runner.train()
     except Exception as error:
