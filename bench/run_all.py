@@ -13,6 +13,7 @@ RUNS = {
     "infer_bench.py": [],
     "profile_batch.py": [],
     "scaling_bench.py": ["--images", "1500", "--rounds", "3"],  # docs/scaling.md
+    "min_img_size.py": [],  # model_config.zoo.FAMILIES, docs/training.md
 }
 for script, args in RUNS.items():
     print(f"=== {script} {' '.join(args)}", flush=True)
