@@ -33,14 +33,19 @@ class Run:
         return (self.out / "monitor.txt").read_text().splitlines()[0].split("\t")
 
 
+def entry_env(env_file: Path, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment the entry runs with: this one, the env file, and what the test adds."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # only what the test gives
+    env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+    return env
+
+
 def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | None = None,
               out: Path | None = None) -> Run:
     """``python -m ray_app`` with the env file, as /usr/bin/start.sh runs it. ``out``: the
     task's out dir, for an env file that cannot say it (a broken one)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # only what the test gives
-    env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
-    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=entry_env(env_file, extra_env), cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
     out = out or Path(yaml.safe_load(Path(env_file).read_text())["output"]["root_dir"])
     return Run(proc.returncode, proc.stdout + proc.stderr, out)
 
@@ -133,7 +138,5 @@ class Holds:
 
 def start_entry(env_file: Path, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """The entry in the background, its output in ``log`` (for tests that act during a run)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update({"YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
-    return subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "ray_app"], env=entry_env(env_file, extra_env), cwd=REPO,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)

@@ -21,7 +21,7 @@ from ray_app.config_files import load_config_safely
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
-from ray_app.model_config.edit import parse_cfg_options, set_img_size
+from ray_app.model_config.edit import apply_cfg_options, set_img_size
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,7 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     test_cfg.score_thr = params.conf_threshold
     test_cfg.setdefault("nms", {})["iou_threshold"] = params.iou_threshold
     test_cfg.max_per_img = min(int(test_cfg.get("max_per_img", 300)), 300)
-    options = parse_cfg_options(params.cfg_options)
-    if options:
-        cfg.merge_from_dict(options)
-        log.info("cfg_options applied: %s", options)
+    apply_cfg_options(cfg, params.cfg_options)
     log.info("model: %s with %s, input %d px%s", weights, config_file.name, size,
              "" if params.img_size else " (the size it was trained at: img_size 0)")
     return ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))

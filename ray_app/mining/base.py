@@ -2,8 +2,9 @@
 
 An algorithm is one module that defines ``ALGORITHM`` (an :class:`Algorithm`) and one line
 in ``ray_app.mining.ALGORITHMS``. The model actor reads ``Algorithm`` to know which extra
-forward passes to run (``augmentations``) and whether to keep the head's dense class maps;
-it never names an algorithm.
+forward passes to run (``augmentations``); every score gets the same ``MiningBatch`` (the
+detections and the head's dense class maps of the one plain pass); the actor never names an
+algorithm.
 """
 
 from __future__ import annotations

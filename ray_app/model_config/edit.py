@@ -10,12 +10,15 @@ edit a config this way (a stage is served at the size the task asks for), and bo
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 from typing import Any
 
 from mmengine.config import Config, DictAction
 
 from ray_app.protocol.errors import ErrorCode, YmirError
+
+log = logging.getLogger(__name__)
 
 #: keys whose values are input sizes (ints, or (w, h) pairs) in mmyolo pipelines
 SIZE_KEYS = {"img_scale", "scale", "crop_size", "size", "img_size", "border", "width", "height"}
@@ -82,3 +85,11 @@ def parse_cfg_options(text: str) -> dict[str, Any]:
         return parser.parse_args(["--cfg-options", *shlex.split(text)]).cfg_options or {}
     except (argparse.ArgumentError, ValueError, SystemExit) as e:
         raise YmirError(ErrorCode.CONFIG, f"cfg_options {text!r} is not a list of key=value: {e}") from None
+
+
+def apply_cfg_options(cfg: Config, text: str) -> None:
+    """Merge ``cfg_options`` into ``cfg`` (last, over every other edit), with one log line."""
+    options = parse_cfg_options(text)
+    if options:
+        cfg.merge_from_dict(options)
+        log.info("cfg_options applied: %s", options)

@@ -51,6 +51,7 @@ def localize_weights(cfg: Config, name: str, folder: Path | None = None) -> None
     """Point every ``init_cfg`` checkpoint URL of ``cfg`` at its file in the weights folder,
     or drop that ``init_cfg`` (default initialisation) with one warning line naming what is
     missing. A ``load_from`` URL (from cfg_options) with no local file is error 300001."""
+    folder = folder or weights_dir()
     missing = []
     for node in walk(cfg._cfg_dict):
         for init in _init_cfgs(node):
@@ -67,8 +68,7 @@ def localize_weights(cfg: Config, name: str, folder: Path | None = None) -> None
             node["init_cfg"] = remaining or None
     if missing:
         log.warning("%s: no %s in %s: those layers start from their default initialisation "
-                    "(the executor never downloads weights at run time)", name, ", ".join(missing),
-                    folder or weights_dir())
+                    "(the executor never downloads weights at run time)", name, ", ".join(missing), folder)
     for key in [k for k, v in cfg.items() if k != "load_from" and is_url(v)]:
         cfg.pop(key)  # a variable already resolved into the init_cfg above: the saved config names no URL
     load_from = cfg.get("load_from")
@@ -76,6 +76,6 @@ def localize_weights(cfg: Config, name: str, folder: Path | None = None) -> None
         local = local_copy(load_from, folder)
         if local is None:
             raise YmirError(ErrorCode.CONFIG, f"load_from {load_from} is a URL and the executor never downloads at "
-                                              f"run time: put the file in {folder or weights_dir()} or give "
+                                              f"run time: put the file in {folder} or give "
                                               "pretrained_model_params")
         cfg.load_from = str(local)

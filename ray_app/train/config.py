@@ -11,14 +11,14 @@ takes none), and an unknown key fails when the Runner is built.
 from __future__ import annotations
 
 import inspect
-import shlex
 import logging
+import shlex
 from functools import lru_cache
 from pathlib import Path
 
 from mmengine.config import Config
 
-from ray_app.model_config.edit import parse_cfg_options, set_img_size, set_num_classes, walk
+from ray_app.model_config.edit import apply_cfg_options, set_img_size, set_num_classes, walk
 from ray_app.model_config.offline import localize_weights
 from ray_app.model_config.zoo import config_path
 from ray_app.protocol.hyperparams import TrainingParams
@@ -163,10 +163,7 @@ def build_config(params: TrainingParams, train_json: Path, val_json: Path, work_
     cfg.load_from = None
     cfg.resume = False
     set_amp(cfg, use_gpu, params.amp or "amp" in parse_args_options(params.args_options))
-    options = parse_cfg_options(params.cfg_options)
-    if options:
-        cfg.merge_from_dict(options)
-        log.info("cfg_options applied: %s", options)
+    apply_cfg_options(cfg, params.cfg_options)
     localize_weights(cfg, params.model_name)  # after cfg_options: they may name URLs too
     return cfg
 
