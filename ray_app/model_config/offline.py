@@ -35,9 +35,14 @@ def is_url(value: object) -> bool:
     return isinstance(value, str) and "://" in value
 
 
+def url_file_name(url: str) -> str:
+    """The name a URL's file has in the weights folder: its last path part."""
+    return url.rsplit("/", 1)[-1].split("?", 1)[0]
+
+
 def local_copy(url: str, folder: Path | None = None) -> Path | None:
     """The file of ``url`` (by its name) in the weights folder, if it is there."""
-    path = (folder or weights_dir()) / url.rsplit("/", 1)[-1].split("?", 1)[0]
+    path = (folder or weights_dir()) / url_file_name(url)
     return path if path.is_file() else None
 
 
@@ -45,6 +50,15 @@ def _init_cfgs(node: dict) -> list[dict]:
     value = node.get("init_cfg")
     items = value if isinstance(value, list) else [value]
     return [item for item in items if isinstance(item, dict)]
+
+
+def checkpoint_urls(cfg: Config) -> list[str]:
+    """Every ``init_cfg`` checkpoint URL of ``cfg``: what mmengine would fetch, which the
+    image bakes at build time (:mod:`ray_app.model_config.weights`) and
+    :func:`localize_weights` looks up at run time."""
+    urls = [init["checkpoint"] for node in walk(cfg._cfg_dict) for init in _init_cfgs(node)
+            if is_url(init.get("checkpoint"))]
+    return list(dict.fromkeys(urls))
 
 
 def localize_weights(cfg: Config, name: str, folder: Path | None = None) -> None:
@@ -63,7 +77,7 @@ def localize_weights(cfg: Config, name: str, folder: Path | None = None) -> None
                 init["checkpoint"] = str(local)
                 log.info("%s: %s starts from %s", name, init.get("type", "init_cfg"), local)
                 continue
-            missing.append(url.rsplit("/", 1)[-1])
+            missing.append(url_file_name(url))
             remaining = [i for i in (node["init_cfg"] if isinstance(node["init_cfg"], list) else []) if i is not init]
             node["init_cfg"] = remaining or None
     if missing:

@@ -3,9 +3,23 @@
 The names are derived from the config file names by a rule, not kept by hand:
 ``<family>/<name>[-vNN]_(syncbn|fast)..._coco.py`` gives ``<name>`` with ``-`` as ``_``,
 e.g. ``yolov5/yolov5_n-v61_syncbn_fast_8xb16-300e_coco.py`` -> ``yolov5_n`` and
-``yolov5_n-p6-v62_...`` -> ``yolov5_n_p6``. Where several files give one name, the
-``fast`` variant with the shortest file name wins (the plain recipe, not a variant).
-Instance-segmentation recipes (``-ins``, ``mask-refine``) need masks and are left out.
+``yolov5_n-p6-v62_...`` -> ``yolov5_n_p6``. Instance-segmentation recipes (``-ins``,
+``mask-refine``) need masks and are left out.
+
+Only a config with a released COCO checkpoint gives a name: the ``Weights`` of its entry in
+the family's ``metafile.yml``, also shipped in the package (see :func:`released_checkpoints`).
+That checkpoint is what training starts from when the task gives no weights (the image bakes
+it, see :mod:`ray_app.model_config.weights`), and it is upstream's evidence that the recipe
+was trained and reported. Where several configs give one name, one with released weights
+wins over one without (``yolov6_n``: the 400-epoch config, whose weights were released, not
+the 300-epoch one), then the ``fast`` variant, then the shortest file name (the plain recipe,
+not a variant such as yolox's ``-rtmdet-hyp``). A name none of whose configs has released
+weights (mmyolo 0.6.0: ``yolov6_v3_*``, ``yolox_nano``, ``yolov5_x_p6``, ``yolov7_d_p6``,
+``yolov7_e2e_p6``, and ``ppyoloe_{s,m,l,x}``, which have only an ImageNet backbone) is not
+offered: it would start from scratch, or from a backbone alone, which on a YMIR-sized dataset
+learns little, and no released result shows its recipe works. Inference never looks a name
+up here (a stage carries its own config), so stages trained under such a name still serve
+mining and infer.
 """
 
 from __future__ import annotations
@@ -15,6 +29,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+import yaml
 
 from ray_app.protocol.errors import ErrorCode, YmirError
 
@@ -68,19 +84,36 @@ def model_name_of(config_file: Path) -> str:
 
 
 @lru_cache(maxsize=1)
+def released_checkpoints() -> dict[str, str]:
+    """Config file name (lower case) -> the URL of its released COCO checkpoint, from each
+    family's ``metafile.yml`` (every model entry has ``Config`` and ``Weights``). Matched
+    without case: mmyolo's ppyoloe metafile spells one config ``ppyoloe_plus_L_...``."""
+    released = {}
+    for family in FAMILIES:
+        metafile = configs_root() / family / "metafile.yml"
+        if not metafile.is_file():
+            raise YmirError(ErrorCode.CONFIG, f"{metafile} is missing: the model zoo is read from mmyolo's metafiles")
+        for model in (yaml.safe_load(metafile.read_text()) or {}).get("Models") or []:
+            if model.get("Config") and model.get("Weights"):
+                released[Path(model["Config"]).name.lower()] = str(model["Weights"])
+    return released
+
+
+@lru_cache(maxsize=1)
 def model_zoo() -> dict[str, Path]:
-    """Every ``model_name`` with its config file."""
+    """Every ``model_name`` with its config file (the rule: see the module docstring)."""
     best: dict[str, tuple[tuple, Path]] = {}
     root = configs_root()
+    released = released_checkpoints()
     for family in FAMILIES:
         for path in sorted((root / family).glob("*_coco.py")):
             if _NEEDS_MASKS.search(path.name):
                 continue
             name = model_name_of(path)
-            rank = ("_fast" not in path.stem, len(path.name), path.name)
+            rank = (path.name.lower() not in released, "_fast" not in path.stem, len(path.name), path.name)
             if name not in best or rank < best[name][0]:
                 best[name] = (rank, path)
-    return {name: path for name, (_, path) in sorted(best.items())}
+    return {name: path for name, (rank, path) in sorted(best.items()) if not rank[0]}
 
 
 def config_path(model_name: str) -> Path:
@@ -91,6 +124,11 @@ def config_path(model_name: str) -> Path:
         raise YmirError(ErrorCode.CONFIG,
                         f"unknown model_name {model_name!r}; valid names: {', '.join(zoo)}")
     return zoo[name]
+
+
+def checkpoint_url(model_name: str) -> str:
+    """The released COCO checkpoint of a zoo name (every name has one: see the module docstring)."""
+    return released_checkpoints()[config_path(model_name).name.lower()]
 
 
 def family_of(model_name: str) -> Family:

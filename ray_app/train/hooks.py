@@ -19,11 +19,13 @@ import ray
 import ray.train
 import torch
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
 
 from ray_app.checkpoints import resume_checkpoint, stage_checkpoint, to_bytes
 from ray_app.pause import pause_point
 from ray_app.protocol.errors import ErrorCode, YmirError
+from ray_app.train.pretrained import fit_message, fit_to_model
 
 METRIC = "coco/bbox_mAP"
 RESUME_FILE = "resume.pth"
@@ -55,6 +57,26 @@ class IterationsStarted(Hook):
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         self.done = True
+
+
+class FitStartingWeights(Hook):
+    """Fits the starting weights (``load_from``: a COCO checkpoint, or a stage trained for other
+    classes) to this model before mmengine loads them: each tensor whose shape differs (the
+    class layers) is replaced by the model's own, already initialised one, and rank 0 says so
+    in one warning line (see :func:`ray_app.train.pretrained.fit_to_model`). A resume is left
+    alone: it is this very model. Its priority runs it before the EMA hook, which loads the
+    same tensors into its copy."""
+
+    priority = "VERY_HIGH"
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if runner._resume or not isinstance(checkpoint.get("state_dict"), dict):
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model_state = model.state_dict()
+        replaced = fit_to_model(checkpoint["state_dict"], model_state)
+        if replaced and ray.train.get_context().get_world_rank() == 0:
+            runner.logger.warning(fit_message(replaced, checkpoint["state_dict"], model_state))
 
 
 class YmirTrainHook(Hook):
