@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 WORK   ?= work
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench gpu-check wheelhouse wheelhouse-check clean
 
 # Idempotent: a second run checks a stamp and returns in seconds; the mmcv build is
 # cached in ~/.cache/ray_app (RAY_APP_CACHE), outside the repo.
@@ -24,6 +24,25 @@ demo: setup
 
 bench: setup
 	$(PY) bench/run_all.py
+
+# On a machine with one NVIDIA GPU (installed from a wheelhouse: docs/install.md): training with
+# AMP on and off against a plain Runner, inference against the original loop, the start-up step
+# by step; one table, and bench/results/gpu.json. Under 10 minutes (--deadline-s). DEVICE=cpu
+# runs the same steps small on the CPU (what tests/test_gpu_check.py does).
+DEVICE ?= cuda
+gpu-check: setup
+	$(PY) bench/gpu_check.py --device $(DEVICE)
+
+# For machines with no network (docs/install.md): every wheel and mmcv's source in one folder,
+# for PLATFORM (default: this machine's) and PYTHON (default 3.11); TORCH_INDEX_URL, TORCH=none.
+# Then on the target: WHEELHOUSE=<folder> bash scripts/setup.sh
+wheelhouse:
+	@bash scripts/wheelhouse.sh
+
+# Makes the wheelhouse, installs a fresh venv in /tmp from it with no network, imports the
+# stack there (~15 min: mmcv is compiled). Not part of `make test`.
+wheelhouse-check:
+	@bash scripts/wheelhouse_check.sh
 
 clean:
 	rm -rf $(WORK) .pytest_cache

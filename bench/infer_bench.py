@@ -20,6 +20,7 @@ separately (the candidates are the first N of one generated set). Mining: every 
 through the entry (mining only), one run each, on the first count.
 
     .venv/bin/python bench/infer_bench.py [--images 320 2000] [--size 256] [--rounds 3] [--gpu]
+    .venv/bin/python bench/infer_bench.py --images 320 --timeline     # the start-up, step by step
 
 Results go to bench/results/infer.json (infer_gpu.json with --gpu).
 """
@@ -69,6 +70,7 @@ from mmdet.apis import init_detector
 from mmyolo.utils import register_all_modules
 register_all_modules()
 config, weights, size, batch, device = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+seconds = float(sys.argv[6]) if len(sys.argv) > 6 else 15.0
 from mmcv.cnn import fuse_conv_bn
 model = fuse_conv_bn(init_detector(config, weights, device=device).eval())  # as the executor runs it
 cores = torch.get_num_threads()
@@ -79,7 +81,7 @@ def rate(streams):
     def stream(k):
         with torch.no_grad():
             start = time.monotonic()
-            while time.monotonic() - start < 15:
+            while time.monotonic() - start < seconds:
                 model._forward(x)
                 if device != "cpu":
                     torch.cuda.synchronize()
@@ -118,68 +120,146 @@ def crossover(ours: dict, original: dict, count: int) -> float | None:
     return None if per_image <= 0 else round(max(0.0, fixed[0] - fixed[1]) / per_image)
 
 
+#: the entry's log lines that mark its start-up (``--timeline``), and what each one means;
+#: ``{n}`` is the image count. Sorted by when they appear: the order differs between versions.
+TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
+            ("INFO ray_app.infer.model: model: ", "driver has the model stage (torch, mmengine imported)"),
+            ("Starting execution of Dataset", "Ray is up, the pipeline starts"),
+            ("model actor ready", "model actor ready (its process, imports, model)"),
+            ("/{n} images (", "first results at the driver"),
+            ("task done", "all images done, outputs written"))
+
+
+@dataclasses.dataclass
+class Stage:
+    """A trained yolov8_n stage and generated candidates to run it on, for every measurement."""
+
+    work: Path
+    data: object  # SampleData
+    models: Path
+    best: str
+    files: list[str]
+    size: int  # the model's input
+    gpu: bool
+
+    @property
+    def device(self) -> str:
+        return "cuda:0" if self.gpu else "cpu"
+
+    def file(self, suffix: str) -> str:
+        return str(self.models / self.best / next(f for f in self.files if f.endswith(suffix)))
+
+    def subset(self, count: int):
+        """The data with only the first ``count`` candidates."""
+        index = self.work / f"candidates-{count}.tsv"
+        index.write_text("\n".join(self.data.candidate_index.read_text().splitlines()[:count]) + "\n")
+        return dataclasses.replace(self.data, candidate_index=index)
+
+    def task(self, tag: str, count: int, also_infer: bool = False, **extra) -> Path:
+        """An infer task over ``count`` candidates; a mining one when ``mining_algorithm`` is
+        given (with infer in the same pass when ``also_infer``)."""
+        config = dict(model_params_path=[f"{self.best}/{f}" for f in self.files], img_size=self.size,
+                      samples_per_gpu=BATCH, cpu_num_workers=1, gpu_id="0" if self.gpu else "", **extra)
+        mining = "mining_algorithm" in extra
+        return write_task(self.work / tag, self.subset(count), run_mining=mining, run_infer=not mining or also_infer,
+                          models_dir=self.models, config=config)
+
+    def ours(self, tag: str, count: int, also_infer: bool = False, **extra) -> dict:
+        """The entry, one whole process."""
+        code, log, wall = run_entry(self.task(tag, count, also_infer, **extra))
+        assert code == 0, log[-3000:]
+        return {"steady_images_per_s": round(steady_rate(log), 2), "startup_s": round(startup_s(log), 2),
+                "end_to_end_images_per_s": round(count / wall, 2), "wall_s": round(wall, 1)}
+
+    def original(self, count: int) -> dict:
+        """The original executor's loop, one whole process."""
+        r = python_json(ORIGINAL, self.file("_config.py"), self.file(".pth"),
+                        str(self.subset(count).candidate_index), self.device)
+        return {"steady_images_per_s": round(count / r["loop_s"], 2), "startup_s": round(r["load_s"], 2),
+                "end_to_end_images_per_s": round(count / r["wall_s"], 2), "wall_s": round(r["wall_s"], 1)}
+
+    def forward_limit(self, seconds: float = 15) -> dict:
+        """The model's batched forward rate (``FORWARD``), each layout run for ``seconds``."""
+        return python_json(FORWARD, self.file("_config.py"), self.file(".pth"), str(self.size), str(BATCH),
+                           self.device, str(seconds))
+
+    def timeline(self, count: int) -> list[tuple[float, str]]:
+        """The entry's start-up, step by step: seconds from the process's start to each
+        ``TIMELINE`` line, as each line reaches this process (the log's own timestamps have
+        one-second resolution), then the process's end."""
+        env = {**os.environ, "YMIR_ENV_FILE": str(self.task(f"timeline-{count}", count)), "PYTHONUNBUFFERED": "1"}
+        env.pop("RAY_ADDRESS", None)
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        seen: dict[str, float] = {}
+        for line in proc.stdout:
+            for marker, step in TIMELINE:
+                if step not in seen and marker.format(n=count) in line:
+                    seen[step] = round(time.monotonic() - start, 2)
+        assert proc.wait() == 0
+        steps = sorted((at, step) for step, at in seen.items())
+        steps.append((round(time.monotonic() - start, 2), "process ended"))
+        return steps
+
+
+def train_stage(work: Path, images: int, size: int, gpu: bool, image_size: int | None = None) -> Stage:
+    """yolov8_n trained one epoch at input ``size`` on generated data, and ``images`` generated
+    candidates of ``image_size`` px (default: ``size``)."""
+    import yaml
+
+    data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=images, image_size=image_size or size,
+                        seed=11)
+    config = dict(model_name="yolov8_n", img_size=size, max_epochs=1, val_interval=1, samples_per_gpu=4,
+                  workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1, gpu_id="0" if gpu else "")
+    code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
+    assert code == 0, log[-3000:]
+    models = work / "train" / "out" / "models"
+    result = yaml.safe_load((models / "result.yaml").read_text())
+    best = result["best_stage_name"]
+    return Stage(work, data, models, best, result["model_stages"][best]["files"], size, gpu)
+
+
+def compare(stage: Stage, count: int, rounds: int) -> dict:
+    """ray_app against the original at ``count`` images, alternated ``rounds`` times; medians."""
+    runs: dict[str, list[dict]] = {"ray_app": [], "original": []}
+    for round_ in range(rounds):
+        order = ("ray_app", "original") if round_ % 2 == 0 else ("original", "ray_app")
+        for name in order:
+            runs[name].append(stage.ours(f"infer-{count}-{round_}", count) if name == "ray_app"
+                              else stage.original(count))
+            print(count, name, runs[name][-1], flush=True)
+    median = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    return {"rounds": runs, "median": median}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[320, 2000])
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=256, help="the generated images' size (px)")
+    parser.add_argument("--input", type=int, default=0, help="the model's input size (default: --size)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--algorithms", nargs="*", default=list(PASSES), choices=list(PASSES),
                         help="mining algorithms to measure (default: all; none: skip mining)")
     parser.add_argument("--gpu", action="store_true", help="ray_app with gpu_id 0, the others on cuda:0")
+    parser.add_argument("--timeline", action="store_true",
+                        help="only print the entry's start-up, step by step, at the first --images count")
     args = parser.parse_args()
-    import yaml
 
     device = "cuda:0" if args.gpu else "cpu"
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as tmp:
-        work = Path(tmp)
-        data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=max(args.images),
-                            image_size=args.size, seed=11)
-        config = dict(model_name="yolov8_n", img_size=args.size, max_epochs=1, val_interval=1, samples_per_gpu=4,
-                      workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1)
-        code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
-        assert code == 0, log[-3000:]
-        models = work / "train" / "out" / "models"
-        best = yaml.safe_load((models / "result.yaml").read_text())["best_stage_name"]
-        files = yaml.safe_load((models / "result.yaml").read_text())["model_stages"][best]["files"]
-        weights = str(models / best / next(f for f in files if f.endswith(".pth")))
-        cfg_file = str(models / best / next(f for f in files if f.endswith("_config.py")))
-        all_candidates = data.candidate_index.read_text().splitlines()
-
-        def subset(count: int):
-            index = work / f"candidates-{count}.tsv"
-            index.write_text("\n".join(all_candidates[:count]) + "\n")
-            return dataclasses.replace(data, candidate_index=index)
-
-        def ours(tag: str, count: int, **extra) -> dict:
-            task = dict(model_params_path=[f"{best}/{f}" for f in files], img_size=args.size,
-                        samples_per_gpu=BATCH, cpu_num_workers=1, gpu_id="0" if args.gpu else "", **extra)
-            mining = "mining_algorithm" in extra
-            env_file = write_task(work / tag, subset(count), run_mining=mining, run_infer=not mining,
-                                  models_dir=models, config=task)
-            code, log, wall = run_entry(env_file)
-            assert code == 0, log[-3000:]
-            return {"steady_images_per_s": round(steady_rate(log), 2), "startup_s": round(startup_s(log), 2),
-                    "end_to_end_images_per_s": round(count / wall, 2), "wall_s": round(wall, 1)}
-
-        def original(count: int) -> dict:
-            r = python_json(ORIGINAL, cfg_file, weights, str(subset(count).candidate_index), device)
-            return {"steady_images_per_s": round(count / r["loop_s"], 2), "startup_s": round(r["load_s"], 2),
-                    "end_to_end_images_per_s": round(count / r["wall_s"], 2), "wall_s": round(r["wall_s"], 1)}
-
-        per_count: dict[int, dict] = {}
-        for count in args.images:
-            runs: dict[str, list[dict]] = {"ray_app": [], "original": []}
-            for round_ in range(args.rounds):
-                order = ("ray_app", "original") if round_ % 2 == 0 else ("original", "ray_app")
-                for name in order:
-                    runs[name].append(ours(f"infer-{count}-{round_}", count) if name == "ray_app" else original(count))
-                    print(count, name, runs[name][-1], flush=True)
-            median = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
-            per_count[count] = {"rounds": runs, "median": median}
-        forward = python_json(FORWARD, cfg_file, weights, str(args.size), str(BATCH), device)
+        stage = train_stage(Path(tmp), max(args.images), args.input or args.size, args.gpu, args.size)
+        if args.timeline:
+            steps = stage.timeline(args.images[0])
+            print(f"\nthe entry's start-up, {args.images[0]} images (seconds from the process's start):")
+            for (at, step), previous in zip(steps, [0.0] + [t for t, _ in steps]):
+                print(f"{at:7.2f} (+{at - previous:5.2f})  {step}")
+            return
+        per_count = {count: compare(stage, count, args.rounds) for count in args.images}
+        forward = stage.forward_limit()
         mining = {}
         for algorithm in args.algorithms:
-            mining[algorithm] = {**ours(f"mining-{algorithm}", args.images[0], mining_algorithm=algorithm),
+            mining[algorithm] = {**stage.ours(f"mining-{algorithm}", args.images[0], mining_algorithm=algorithm),
                                  "forward_passes_per_image": PASSES[algorithm]}
             print("mining", algorithm, mining[algorithm], flush=True)
 
@@ -203,8 +283,9 @@ def main() -> None:
     for algorithm, row in mining.items():
         print(f"mining {algorithm:8} {row['steady_images_per_s']:>8.2f} img/s steady "
               f"({row['forward_passes_per_image']} forward pass(es) per image)")
-    path = save("infer_gpu" if args.gpu else "infer",
-                {"images": args.images, "img_size": args.size, "batch": BATCH, "model": "yolov8_n",
+    name = "infer_gpu" if args.gpu else "infer"
+    path = save(name if not args.input else f"{name}_{args.size}px_input{args.input}",
+                {"images": args.images, "image_size": args.size, "img_size": args.input or args.size, "batch": BATCH, "model": "yolov8_n",
                  "device": device, "cpu_threads": os.cpu_count(), "per_count": per_count,
                  "forward_limit": forward, "forward_limit_images_per_s": limit,
                  "break_even_candidates": even, "mining": mining})

@@ -40,6 +40,8 @@ from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
 #: the line the executor's hook prints at the end of training (``hooks.iteration_times``)
 SUMMARY = re.compile(r"training: (\d+) iterations, median ([0-9.]+) s per iteration")
+#: the data-loading time in the Runner's log lines (the mean over the logger's interval)
+DATA_TIME = re.compile(r"data_time: ([0-9.]+)")
 
 
 def cpu_seconds() -> float:
@@ -59,8 +61,9 @@ def bench_config(model: str = "yolov5_n", size: int = 128, epochs: int = 20) -> 
                 val_interval=epochs, learning_rate=0.02, max_keep_checkpoints=1)
 
 
-def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
-    """The same config as the executor builds, trained by a bare Runner in this process."""
+def plain_runner(work: Path, data, config: dict, log_interval: int, use_gpu: bool = False) -> dict:
+    """The same config as the executor builds, trained by a bare Runner in this process (on
+    the GPU with ``use_gpu``: mmengine takes cuda:0, and ``config['amp']`` decides AMP)."""
     from mmengine.runner import Runner
 
     from ray_app.protocol.hyperparams import TrainingParams, load_template
@@ -73,7 +76,7 @@ def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     to_coco(read_index(data.val_index, "validation", True), data.class_names, "ark:raw", work / "val.json", work)
     images = len(read_index(data.train_index, "training", True))
     cfg = build_config(params, work / "train.json", work / "val.json", work / "runner",
-                       math.ceil(images / params.samples_per_gpu))
+                       math.ceil(images / params.samples_per_gpu), use_gpu=use_gpu)
     cfg.model.use_syncbn = False
     cfg.default_hooks.logger.interval = log_interval
     start, cpu = time.perf_counter(), cpu_seconds()
@@ -82,7 +85,9 @@ def plain_runner(work: Path, data, config: dict, log_interval: int) -> dict:
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     iterations, iter_s = iteration_times(runner)  # the statistic the executor logs
     mAP = float(runner.message_hub.get_scalar("val/coco/bbox_mAP").current())
-    return {"wall_s": wall, "cpu_s": cpu, "iterations": iterations, "iter_s_median": iter_s, "mAP": max(0.0, mAP)}
+    data_s = statistics.median(list(runner.message_hub.get_scalar("train/data_time").data[0])[5:] or [0.0])
+    return {"wall_s": wall, "cpu_s": cpu, "iterations": iterations, "iter_s_median": iter_s,
+            "data_s_median": data_s, "mAP": max(0.0, mAP)}
 
 
 def executor(work: Path, data, config: dict, workers: int, log_interval: int) -> dict:
@@ -97,9 +102,10 @@ def executor(work: Path, data, config: dict, workers: int, log_interval: int) ->
     if proc.returncode != 0:
         sys.exit(proc.stderr[-3000:])
     iterations, iter_s = SUMMARY.search(proc.stdout + proc.stderr).groups()
+    data_times = [float(t) for t in DATA_TIME.findall(proc.stdout + proc.stderr)]
     result = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
     return {"wall_s": wall, "cpu_s": cpu, "iterations": int(iterations), "iter_s_median": float(iter_s),
-            "mAP": result["mAP"]}
+            "data_s_median": statistics.median(data_times) if data_times else None, "mAP": result["mAP"]}
 
 
 def main() -> None:

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import ray
-import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import CommonParams
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 #: Ports of the Ray node this container becomes when it joins a cluster (see cluster/README.md):
@@ -108,6 +112,8 @@ def this_machine_is_a_node() -> bool:
 def join_as_node(address: str, gpu_ids: list[int]) -> None:
     """``ray start --address``: this container becomes a Ray node with its own CPUs and GPUs,
     so the driver (which alone reads /in and writes /out) runs on a node of the cluster."""
+    import torch
+
     ray_cli = Path(sys.executable).with_name("ray")
     gpu_ids = [g for g in gpu_ids if g < torch.cuda.device_count()]  # the ones this container has
     command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={os.cpu_count() or 1}",
@@ -126,42 +132,115 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
         raise YmirError(ErrorCode.NETWORK, f"could not join the Ray cluster at {address}: {tail[0]}")
 
 
-@contextmanager
-def ray_session(address: str, gpu_ids: list[int], auth_token: str = "") -> Iterator[None]:
+def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tuple[str, bool]:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), presenting ``auth_token`` (see
     :func:`use_auth_token`), else start a local Ray sized to this container with only the
-    GPUs in ``gpu_ids`` visible. A Ray already initialised in this process (tests,
-    notebooks) is used as it is and left running."""
-    if ray.is_initialized():
-        yield
-        return
+    GPUs in ``gpu_ids`` visible. Returns the cluster's address ("" for a local Ray) and
+    whether this container joined it as a node."""
     address = cluster_address(address)
-    started_node = False
-    if address:
-        token_source = use_auth_token(auth_token)
-        log.info("joining the Ray cluster at %s%s", address,
-                 f" (token authentication, token from {token_source})" if token_source else "")
-        check_reachable(address)
-        check_authentication(address, token_source)
-        if not this_machine_is_a_node():
-            join_as_node(address, gpu_ids)
-            started_node = True
-        ray.init(address=address, log_to_driver=True)
-        log.info("Ray cluster: %d node(s), %s", alive_nodes(),
-                 {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
-    else:
+    if not address:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         log.info("starting a local Ray (%d CPUs, %d GPUs)", os.cpu_count() or 1, len(gpu_ids))
         # address="local": always a new Ray of our own, even if another runs on this machine
         ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=True,
                  log_to_driver=True, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-        if started_node:  # leave the cluster: this container's node goes away with the task
-            subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
+        return "", False
+    token_source = use_auth_token(auth_token)
+    log.info("joining the Ray cluster at %s%s", address,
+             f" (token authentication, token from {token_source})" if token_source else "")
+    check_reachable(address)
+    check_authentication(address, token_source)
+    started_node = False
+    if not this_machine_is_a_node():
+        join_as_node(address, gpu_ids)
+        started_node = True
+    ray.init(address=address, log_to_driver=True)
+    log.info("Ray cluster: %d node(s), %s", alive_nodes(),
+             {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")})
+    return address, started_node
+
+
+@contextmanager
+def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
+                prepare: Callable[[], T] | None = None) -> Iterator[T | None]:
+    """Ray for one task (see :func:`start_or_join`), ended or left with the task. A Ray
+    already initialised in this process (tests, notebooks) is used as it is and left running.
+
+    ``prepare`` (the driver's own work before it needs Ray: imports, index and model files)
+    runs in a thread while Ray starts: the two wait on different things, and one after the
+    other they cost the sum (2.4 s of the driver's against 3.5 s of Ray's on 2 cores,
+    ``bench/infer_bench.py --timeline``). The session yields its result; its error is raised
+    here, after Ray has started, and ends the session like any other."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
+        prepared = pool.submit(prepare) if prepare else None
+        if ray.is_initialized():
+            yield prepared.result() if prepared else None
+            return
+        address, started_node = start_or_join(address, gpu_ids, auth_token)
+        try:
+            yield prepared.result() if prepared else None
+        finally:
+            if _PROCESS_END.armed and not address:
+                _PROCESS_END.local_ray = True  # ended with the process, see end_process
+            else:
+                ray.shutdown()
+            if started_node:  # leave the cluster: this container's node goes away with the task
+                subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
+
+
+class _ProcessEnd:
+    """Whether the local Ray is left for :func:`end_process` instead of ``ray.shutdown()``."""
+
+    armed = False  # set by the entry: the process ends right after the task
+    local_ray = False  # a local Ray was left running for end_process
+
+
+_PROCESS_END = _ProcessEnd()
+
+
+def end_with_process() -> None:
+    """Leave the local Ray that :func:`ray_session` starts running at the end of the session,
+    for :func:`end_process` to end. Only for a process that ends with its task (the entry)."""
+    _PROCESS_END.armed = True
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children, theirs, ...), read from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # "pid (name) state ppid ...": the name may hold spaces and parentheses
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # ended meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def end_process(code: int) -> None:
+    """End this process now with ``code``, and the local Ray it started with it.
+
+    ``ray.shutdown()`` asks each Ray process to stop and waits for it (1.4 s on 2 cores,
+    ``bench/infer_bench.py``), and the interpreter's own teardown follows. Once the task's
+    outputs are written (each atomically, with fsync) nothing is left to save: every process
+    this one started (the local Ray's GCS, raylet, dashboard and their workers) gets SIGKILL,
+    the logs are flushed, and the process exits without its teardown. Joined clusters are not
+    touched: :func:`ray_session` has already disconnected from them.
+    """
+    if _PROCESS_END.local_ray:
+        for pid in descendants(os.getpid()):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def alive_nodes() -> int:
@@ -185,8 +264,10 @@ def check_gpus(params: CommonParams) -> list[int]:
     On a cluster the GPUs are the cluster's: the count is checked once joined
     (:func:`check_cluster_gpus`)."""
     gpu_ids = params.gpu_ids
-    if gpu_ids and cluster_address(params.ray_address):
+    if not gpu_ids or cluster_address(params.ray_address):
         return gpu_ids
+    import torch  # only when GPUs are asked for: a CPU task's driver needs no CUDA query
+
     if gpu_ids and not torch.cuda.is_available():
         raise YmirError(ErrorCode.NO_GPU, f"gpu_id {params.gpu_id!r} was given but no GPU is visible in the container")
     if gpu_ids and max(gpu_ids) >= torch.cuda.device_count():

@@ -40,12 +40,34 @@ def entry_env(env_file: Path, extra_env: dict[str, str] | None = None) -> dict[s
     return env
 
 
+def processes_with(marker: str) -> list[str]:
+    """The command lines of live processes whose environment holds ``marker``."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append((environ.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:120])
+        except OSError:  # ended meanwhile, or a zombie
+            continue
+    return found
+
+
 def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | None = None,
               out: Path | None = None) -> Run:
     """``python -m ray_app`` with the env file, as /usr/bin/start.sh runs it. ``out``: the
-    task's out dir, for an env file that cannot say it (a broken one)."""
-    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=entry_env(env_file, extra_env), cwd=REPO,
+    task's out dir, for an env file that cannot say it (a broken one).
+
+    Every run is also checked to leave no process behind: the entry ends its local Ray
+    without Ray's graceful shutdown (``ray_session.end_process``), so each process it
+    started (marked through the environment they inherit) must be gone once it exits."""
+    marker = f"{os.getpid()}-{time.monotonic_ns()}"
+    env = entry_env(env_file, {"RAY_APP_TEST_RUN": marker, **(extra_env or {})})
+    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+    deadline = time.monotonic() + 10  # a SIGKILLed process may take a moment to go
+    while (left := processes_with(f"RAY_APP_TEST_RUN={marker}")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"the entry left {len(left)} process(es) running: {left[:5]}"
     out = out or Path(yaml.safe_load(Path(env_file).read_text())["output"]["root_dir"])
     return Run(proc.returncode, proc.stdout + proc.stderr, out)
 

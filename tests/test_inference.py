@@ -139,6 +139,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     """The GPU layout (a preprocessing stage, then the model actor) and the CPU layout (the
     model actor decodes its own images) give the same boxes and scores; and the CPU actor,
     called from two threads at once as Ray Data calls it, gives what it gives serially."""
+    import dataclasses
     from concurrent.futures import ThreadPoolExecutor
     from types import SimpleNamespace
 
@@ -146,7 +147,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     import ray
 
     from conftest import best_stage_files
-    from ray_app.infer.actors import DetectorActor, Preprocess
+    from ray_app.infer.actors import DetectorActor, DetectorSpec, Preprocess
     from ray_app.infer.images import read_batch
     from ray_app.infer.model import inference_pipeline, load_stage
 
@@ -159,10 +160,11 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     batches = [read_batch({"path": np.array(paths[i:i + 4], dtype=object)}) for i in range(0, len(paths), 4)]
     ray.init(num_cpus=1, include_dashboard=False, address="local")
     try:
-        gpu_layout = DetectorActor(bundle, False, "entropy", 0.05, None, "t1")  # fed by the Preprocess stage
+        spec = DetectorSpec(bundle=bundle, task_id="t1", algorithm="entropy", conf_threshold=0.05)
+        gpu_layout = DetectorActor(spec)  # fed by the Preprocess stage
         preprocess = Preprocess(steps, 128)
         separate = [gpu_layout(preprocess(batch)) for batch in batches]
-        cpu_layout = DetectorActor(bundle, False, "entropy", 0.05, None, "t1", steps)
+        cpu_layout = DetectorActor(dataclasses.replace(spec, preprocess_steps=tuple(steps)))
         serial = [cpu_layout(batch) for batch in batches]
         with ThreadPoolExecutor(2) as pool:
             threaded = list(pool.map(cpu_layout, batches * 3))

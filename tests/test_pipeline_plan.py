@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ray_app.infer.pipeline import MAX_BATCHES_PER_BLOCK, ActorPlan, rows_per_block
 
 
@@ -17,3 +19,13 @@ def test_small_sets_keep_every_actor_thread_busy():
     assert rows_per_block(320, 8, ActorPlan(count=1, num_cpus=2.0, batches_at_once=2)) == 32
     assert rows_per_block(320, 8, ActorPlan(count=4, num_cpus=1, num_gpus=1)) == 8  # 4 GPUs x 2 batches at once
     assert rows_per_block(0, 8, ActorPlan(count=1, num_cpus=1)) == 8
+
+
+def test_model_actor_spec_rejects_an_unknown_algorithm_on_the_driver():
+    """A typo fails where the spec is made (the driver), not in a model actor Ray has started."""
+    from ray_app.infer.actors import DetectorSpec
+
+    with pytest.raises(ValueError, match="unknown mining algorithm 'entrop'; known: .*entropy"):
+        DetectorSpec(bundle=None, task_id="t", algorithm="entrop")
+    assert DetectorSpec(bundle=None, task_id="t", algorithm="cald").algorithm == "cald"
+    assert DetectorSpec(bundle=None, task_id="t").algorithm is None

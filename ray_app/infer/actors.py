@@ -18,6 +18,7 @@ Two layouts (``pipeline.stream_results`` picks one):
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -83,25 +84,44 @@ class Preprocess:
                 "error": np.array(errors, dtype=object)}
 
 
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a model actor is built from, by keyword and checked on the driver: a name that is
+    not a mining algorithm fails here, not in an actor after Ray has started it."""
+
+    bundle: ModelBundle | ray.ObjectRef  # the stage; an ObjectRef of one (ray.put) for many actors
+    task_id: str
+    use_gpu: bool = False
+    algorithm: str | None = None  # a key of ray_app.mining.ALGORITHMS; None: boxes only
+    conf_threshold: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # class_distribution_scores, one per class
+    #: the test pipeline, when the actor decodes its own images (CPU layout); None when a
+    #: ``Preprocess`` stage feeds it (GPU layout)
+    preprocess_steps: tuple[dict[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm is not None and self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown mining algorithm {self.algorithm!r}; known: {', '.join(ALGORITHMS)}")
+
+
 class DetectorActor:
     """One model per actor (per GPU, or CPU): batched forward pass, boxes, mining score.
 
     Ray Data calls it from several threads at once (``pipeline.ActorPlan.batches_at_once``);
     the ``Detector`` decides what may run side by side."""
 
-    def __init__(self, bundle: ModelBundle | ray.ObjectRef, use_gpu: bool, algorithm: str | None,
-                 conf_threshold: float, class_weights: list[float] | None, task_id: str,
-                 preprocess_steps: list[dict[str, Any]] | None = None) -> None:
-        bundle = ray.get(bundle) if isinstance(bundle, ray.ObjectRef) else bundle
-        device = "cuda:0" if use_gpu and torch.cuda.is_available() else "cpu"
+    def __init__(self, spec: DetectorSpec) -> None:
+        bundle = ray.get(spec.bundle) if isinstance(spec.bundle, ray.ObjectRef) else spec.bundle
+        device = "cuda:0" if spec.use_gpu and torch.cuda.is_available() else "cpu"
         if device == "cpu":
             torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
         self.detector = Detector(bundle, device)
-        self.preprocess = Preprocess(preprocess_steps, int(bundle.cfg.img_scale[0])) if preprocess_steps else None
-        self.algorithm = ALGORITHMS[algorithm] if algorithm else None  # KeyError: a name the driver let through
-        self.conf_threshold = conf_threshold
-        self.weights = np.asarray(class_weights, dtype=np.float64) if class_weights else None
-        self.task_id = task_id
+        steps = list(spec.preprocess_steps) if spec.preprocess_steps else None
+        self.preprocess = Preprocess(steps, int(bundle.cfg.img_scale[0])) if steps else None
+        self.algorithm = ALGORITHMS[spec.algorithm] if spec.algorithm else None
+        self.conf_threshold = spec.conf_threshold
+        self.weights = np.asarray(spec.class_weights, dtype=np.float64) if spec.class_weights else None
+        self.task_id = spec.task_id
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', decoding its own images' if self.preprocess else ''})", flush=True)

@@ -13,7 +13,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
-from ray_app.infer.actors import DetectorActor, Preprocess
+from ray_app.infer.actors import DetectorActor, DetectorSpec, Preprocess
 from ray_app.infer.images import read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
@@ -111,11 +111,13 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
         ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])),
                             batch_size=batch_size, num_cpus=PREPROCESS_CPUS,
                             compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count))
+    weights = getattr(params, "class_distribution_scores", None)
+    spec = DetectorSpec(bundle=bundle_ref, task_id=task_id, use_gpu=bool(gpu_ids), algorithm=algorithm,
+                        conf_threshold=params.conf_threshold, class_weights=tuple(weights) if weights else None,
+                        preprocess_steps=None if gpu_ids else tuple(steps))
     ds = ds.map_batches(
         DetectorActor,
-        fn_constructor_args=(bundle_ref, bool(gpu_ids), algorithm, params.conf_threshold,
-                             getattr(params, "class_distribution_scores", None) or None, task_id,
-                             None if gpu_ids else steps),
+        fn_constructor_kwargs={"spec": spec},
         batch_size=batch_size, num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
         compute=ActorPoolStrategy(size=plan.count, max_concurrent_calls_per_actor=plan.batches_at_once,
                                   enable_true_multi_threading=True))

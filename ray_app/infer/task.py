@@ -11,17 +11,19 @@ import json
 import logging
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
-from ray_app.infer.model import load_stage
-from ray_app.infer.pipeline import stream_results
 from ray_app.data.annotations import Issues
 from ray_app.data.index import check_unique_basenames, read_index
 from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
-from ray_app.protocol.hyperparams import inference_params
+from ray_app.protocol.hyperparams import InferParams, inference_params
 from ray_app.protocol.monitor import Monitor
 from ray_app.protocol.writers import Annotation, Box, write_infer_result, write_mining_result
 from ray_app.ray_session import check_gpus, ray_session
+
+if TYPE_CHECKING:
+    from ray_app.infer.model import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,11 @@ def to_annotations(detections_json: str, class_names: list[str], width: int, hei
 class Progress:
     """monitor.txt (at least every 1% or 10 s) and a text progress bar in the log."""
 
-    def __init__(self, monitor: Monitor, total: int, what: str) -> None:
+    def __init__(self, monitor: Monitor, total: int, what: str, start: float | None = None) -> None:
         self.monitor, self.total, self.what = monitor, total, what
         self.done = 0
         self.per_node: Counter = Counter()
-        self.start = self.last_log = time.monotonic()
+        self.start = self.last_log = start or time.monotonic()
         self.first: tuple[float, int] | None = None  # (time, images) of the first result
         self.last = self.start  # time of the latest result
 
@@ -84,6 +86,21 @@ class Progress:
         return ", ".join(f"{node[:8]} {count}" for node, count in self.per_node.most_common())
 
 
+def prepare(env: EnvConfig, params: InferParams) -> tuple[list[str], ModelBundle]:
+    """The candidates (each image once) and the model stage, checked: everything the driver
+    does before it needs Ray. Its imports (torch, mmengine, Ray Data: about 2.5 s on 2 cores)
+    are made here, in the thread that runs this while Ray starts, not at the module's import."""
+    from ray_app.infer import pipeline  # noqa: F401  (Ray Data, for the pipeline that follows)
+    from ray_app.infer.model import load_stage
+
+    pairs = read_index(env.input.candidate_index_file, "candidate", with_annotations=False)
+    images = list(dict.fromkeys(p for p, _ in pairs))  # a repeated line is one image
+    if len(images) < len(pairs):
+        log.warning("candidate index repeats %d lines; each image is processed once", len(pairs) - len(images))
+    check_unique_basenames(images, "candidate")
+    return images, load_stage(params, env.input.models_dir)
+
+
 def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     """Mining, infer, or both (one pass), over the candidate index."""
     params = inference_params(env)
@@ -93,20 +110,19 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
         raise YmirError(ErrorCode.CONFIG, f"class_distribution_scores has {len(weights)} values for "
                                           f"{len(params.class_names)} classes")
     gpu_ids = check_gpus(params)
-    pairs = read_index(env.input.candidate_index_file, "candidate", with_annotations=False)
-    images = list(dict.fromkeys(p for p, _ in pairs))  # a repeated line is one image
-    if len(images) < len(pairs):
-        log.warning("candidate index repeats %d lines; each image is processed once", len(pairs) - len(images))
-    check_unique_basenames(images, "candidate")
-    bundle = load_stage(params, env.input.models_dir)
     what = " + ".join(t for t, on in (("mining", env.run_mining), ("infer", env.run_infer)) if on)
-    log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
 
     detections: dict[str, list[Annotation]] = {}
     scores: list[tuple[str, float]] = []
     bad = Issues()
-    progress = Progress(monitor, len(images), what)
-    with ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value()):
+    started = time.monotonic()  # start-up counts from here: Ray's start, the model actors' and the first batch
+    session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
+                          prepare=lambda: prepare(env, params))
+    with session as (images, bundle):
+        log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
+        from ray_app.infer.pipeline import stream_results  # imported by prepare: already loaded
+
+        progress = Progress(monitor, len(images), what, started)
         for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):
             for path, dets, score, error, height, width in zip(batch["path"], batch["detections"], batch["score"],
                                                                batch["error"], batch["height"], batch["width"]):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs
 import ray
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
 from ray_app.data.coco import to_coco
 from ray_app.data.index import read_index
@@ -25,11 +26,12 @@ from ray_app.protocol.monitor import Monitor
 from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, on_this_node, ray_session
 from ray_app.model_config.edit import parse_cfg_options
 from ray_app.train.config import build_config, evaluate_config
-from ray_app.train.failures import YmirTorchTrainer
 from ray_app.train.outputs import TrainingOutputsActor
-from ray_app.train.pretrained import pretrained_weights
 from ray_app.train.staging import DatasetServer
-from ray_app.train.worker import WorkerSpec, train_worker
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+    from ray.train import ScalingConfig
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ MAX_FAILURES = 3
 def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
     """One worker per GPU, else ``cpu_num_workers`` CPU workers sharing the cluster's CPUs
     equally (each worker's torch uses as many threads as it was given CPUs)."""
+    from ray.train import ScalingConfig
+
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ScalingConfig(num_workers=len(gpu_ids), use_gpu=True, resources_per_worker={"GPU": 1, "CPU": 1})
@@ -77,11 +81,23 @@ def remove_resume_state(storage: str, experiment: str) -> None:
         log.warning("could not remove Ray Train's resume state under %s: %s", storage, error)
 
 
-def run_training(env: EnvConfig, monitor: Monitor) -> None:
-    """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
-    params = training_params(env)
-    check_img_size(params.model_name, params.img_size)  # an unknown model_name lists the valid ones
-    gpu_ids = check_gpus(params)
+@dataclass(frozen=True)
+class Prepared:
+    """What the driver makes before training needs Ray (see :func:`prepare`)."""
+
+    cfg: Config
+    coco_files: tuple[str, str]  # train.json, val.json
+    world: int
+
+
+def prepare(env: EnvConfig, params: TrainingParams, gpu_ids: list[int], monitor: Monitor) -> Prepared:
+    """The COCO files of the training and validation sets, the mmyolo config and the starting
+    weights: the driver's work before it needs Ray, run while Ray starts (``ray_session``).
+    Ray Train's modules and the worker's (1.8 s of imports on 2 cores) are loaded here too."""
+    import ray_app.train.failures  # noqa: F401
+    import ray_app.train.worker  # noqa: F401
+    from ray_app.train.pretrained import pretrained_weights
+
     out_root = Path(env.output.root_dir)
     scratch = out_root / "ray_app"
     train_pairs = read_index(env.input.training_index_file, "training", with_annotations=True)
@@ -102,13 +118,29 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         start = pretrained_weights(params.pretrained_model_params, env.input.models_dir,
                                    config_path(params.model_name), scratch / "pretrained.pth", str(out_root))
         cfg.load_from = str(start) if start else None
-    config_name = f"{params.model_name}_config.py"
-    config_text = cfg.pretty_text
+    return Prepared(cfg, (str(scratch / "data" / "train.json"), str(scratch / "data" / "val.json")), world)
 
-    with ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value()):
+
+def run_training(env: EnvConfig, monitor: Monitor) -> None:
+    """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
+    params = training_params(env)
+    check_img_size(params.model_name, params.img_size)  # an unknown model_name lists the valid ones
+    gpu_ids = check_gpus(params)
+    scratch = Path(env.output.root_dir) / "ray_app"
+    config_name = f"{params.model_name}_config.py"
+
+    session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
+                          prepare=lambda: prepare(env, params, gpu_ids, monitor))
+    with session as prepared:
+        from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+        from ray_app.train.failures import YmirTorchTrainer
+        from ray_app.train.worker import WorkerSpec, train_worker
+
+        cfg, world = prepared.cfg, prepared.world
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
-            env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, config_text)
-        coco_files = [str(scratch / "data" / "train.json"), str(scratch / "data" / "val.json")]
+            env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg.pretty_text)
+        coco_files = list(prepared.coco_files)
         server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
             coco_files, [cfg.load_from] if cfg.get("load_from") else [])
         storage = storage_path(params, scratch)
