@@ -1,7 +1,8 @@
 # ray_app: the YMIR executor image (mmyolo on Ray), CUDA build.
-#   docker build -t ray-app:latest .                                     # CUDA 13.0: NVIDIA driver 580+
-#   docker build --build-arg CUDA_BUILD=cu129 -t ray-app:cu129 .         # CUDA 12.9: driver 575+
-#   docker build --build-arg CUDA_BUILD=cu126 -t ray-app:cu126 .         # CUDA 12.6: driver 560+
+# CUDA 13.0 (NVIDIA driver 580+); CUDA 12.9 (driver 575+); CUDA 12.6 (driver 560+):
+#   docker build -t ray-app:latest .
+#   docker build --build-arg CUDA_BUILD=cu129 -t ray-app:cu129 .
+#   docker build --build-arg CUDA_BUILD=cu126 -t ray-app:cu126 .
 #   docker build --build-arg COCO_MODELS=yolov8_n,yolov5_s -t ray-app:small .
 # The pins are requirements.txt + constraints.txt, installed by the same scripts/setup.sh
 # as `make setup`; only torch's build differs.
