@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -167,8 +168,9 @@ def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
     """Ray for one task (see :func:`start_or_join`), ended or left with the task. A Ray
     already initialised in this process (tests, notebooks) is used as it is and left running.
 
-    ``prepare`` (the driver's own work before it needs Ray: imports, index and model files)
-    runs in a thread while Ray starts: the two wait on different things, and one after the
+    ``prepare`` (the driver's heavier work before it needs Ray: imports, the model stage or the
+    training config; bad input is checked before, so that it fails before Ray starts) runs in
+    a thread while Ray starts: the two wait on different things, and one after the
     other they cost the sum (2.4 s of the driver's against 3.5 s of Ray's on 2 cores,
     ``bench/infer_bench.py --timeline``). The session yields its result; its error is raised
     here, after Ray has started, and ends the session like any other."""
@@ -189,11 +191,12 @@ def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
                 subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
 
 
+@dataclass
 class _ProcessEnd:
     """Whether the local Ray is left for :func:`end_process` instead of ``ray.shutdown()``."""
 
-    armed = False  # set by the entry: the process ends right after the task
-    local_ray = False  # a local Ray was left running for end_process
+    armed: bool = False  # set by the entry: the process ends right after the task
+    local_ray: bool = False  # a local Ray was left running for end_process
 
 
 _PROCESS_END = _ProcessEnd()

@@ -86,19 +86,25 @@ class Progress:
         return ", ".join(f"{node[:8]} {count}" for node, count in self.per_node.most_common())
 
 
-def prepare(env: EnvConfig, params: InferParams) -> tuple[list[str], ModelBundle]:
-    """The candidates (each image once) and the model stage, checked: everything the driver
-    does before it needs Ray. Its imports (torch, mmengine, Ray Data: about 2.5 s on 2 cores)
-    are made here, in the thread that runs this while Ray starts, not at the module's import."""
-    from ray_app.infer import pipeline  # noqa: F401  (Ray Data, for the pipeline that follows)
-    from ray_app.infer.model import load_stage
-
+def read_candidates(env: EnvConfig) -> list[str]:
+    """The candidate images, each once, checked before any work (a bad index fails in
+    seconds, before Ray starts)."""
     pairs = read_index(env.input.candidate_index_file, "candidate", with_annotations=False)
     images = list(dict.fromkeys(p for p, _ in pairs))  # a repeated line is one image
     if len(images) < len(pairs):
         log.warning("candidate index repeats %d lines; each image is processed once", len(pairs) - len(images))
     check_unique_basenames(images, "candidate")
-    return images, load_stage(params, env.input.models_dir)
+    return images
+
+
+def prepare_model(env: EnvConfig, params: InferParams) -> ModelBundle:
+    """The model stage, checked: the driver's work that needs torch and mmengine, run while
+    Ray starts (``ray_session``). Its imports (torch, mmengine, Ray Data: about 2 s on 2
+    cores) are made here, in that thread, not at the module's import."""
+    from ray_app.infer import pipeline  # noqa: F401  (Ray Data, for the pipeline that follows)
+    from ray_app.infer.model import load_stage
+
+    return load_stage(params, env.input.models_dir)
 
 
 def run_inference(env: EnvConfig, monitor: Monitor) -> None:
@@ -116,11 +122,12 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     scores: list[tuple[str, float]] = []
     bad = Issues()
     started = time.monotonic()  # start-up counts from here: Ray's start, the model actors' and the first batch
+    images = read_candidates(env)
     session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
-                          prepare=lambda: prepare(env, params))
-    with session as (images, bundle):
+                          prepare=lambda: prepare_model(env, params))
+    with session as bundle:
         log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
-        from ray_app.infer.pipeline import stream_results  # imported by prepare: already loaded
+        from ray_app.infer.pipeline import stream_results  # imported by prepare_model: already loaded
 
         progress = Progress(monitor, len(images), what, started)
         for batch in stream_results(images, bundle, params, algorithm, gpu_ids, env.task_id):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,44 +80,43 @@ def remove_resume_state(storage: str, experiment: str) -> None:
         log.warning("could not remove Ray Train's resume state under %s: %s", storage, error)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What the driver makes before training needs Ray (see :func:`prepare`)."""
+def convert_datasets(env: EnvConfig, params: TrainingParams, monitor: Monitor) -> tuple[str, str, int]:
+    """The training and validation sets as COCO files under /out/ray_app/data, checked before
+    any work (a bad index or a set without boxes fails before Ray starts): (train.json,
+    val.json, training images)."""
+    out_root = Path(env.output.root_dir)
+    data = out_root / "ray_app" / "data"
+    train_pairs = read_index(env.input.training_index_file, "training", with_annotations=True)
+    val_pairs = read_index(env.input.val_index_file, "validation", with_annotations=True)
+    train_report = to_coco(train_pairs, params.class_names, params.export_format, data / "train.json", out_root,
+                           "training")
+    to_coco(val_pairs, params.class_names, params.export_format, data / "val.json", out_root, "validation")
+    if train_report.boxes == 0:
+        raise YmirError(ErrorCode.DATASET, f"the training set has no usable box in {train_report.images} images: "
+                                           "nothing to learn")
+    monitor.progress(0.01, force=True)
+    return str(data / "train.json"), str(data / "val.json"), train_report.images
 
-    cfg: Config
-    coco_files: tuple[str, str]  # train.json, val.json
-    world: int
 
-
-def prepare(env: EnvConfig, params: TrainingParams, gpu_ids: list[int], monitor: Monitor) -> Prepared:
-    """The COCO files of the training and validation sets, the mmyolo config and the starting
-    weights: the driver's work before it needs Ray, run while Ray starts (``ray_session``).
-    Ray Train's modules and the worker's (1.8 s of imports on 2 cores) are loaded here too."""
+def build_run_config(env: EnvConfig, params: TrainingParams, coco_files: tuple[str, str], images: int,
+                     world: int, use_gpu: bool) -> Config:
+    """The mmyolo config of the run and its starting weights: the driver's work that needs
+    mmengine, mmyolo and torch, run while Ray starts (``ray_session``). Ray Train's modules
+    and the worker's (1.8 s of imports on 2 cores) are loaded here too."""
     import ray_app.train.failures  # noqa: F401
     import ray_app.train.worker  # noqa: F401
     from ray_app.train.pretrained import pretrained_weights
 
     out_root = Path(env.output.root_dir)
     scratch = out_root / "ray_app"
-    train_pairs = read_index(env.input.training_index_file, "training", with_annotations=True)
-    val_pairs = read_index(env.input.val_index_file, "validation", with_annotations=True)
-    train_report = to_coco(train_pairs, params.class_names, params.export_format, scratch / "data" / "train.json",
-                           out_root, "training")
-    to_coco(val_pairs, params.class_names, params.export_format, scratch / "data" / "val.json", out_root, "validation")
-    if train_report.boxes == 0:
-        raise YmirError(ErrorCode.DATASET, f"the training set has no usable box in {train_report.images} images: "
-                                           "nothing to learn")
-    monitor.progress(0.01, force=True)
-
-    world = len(gpu_ids) or params.cpu_num_workers
-    iters_per_epoch = math.ceil(train_report.images / (params.samples_per_gpu * world))
-    cfg = build_config(params, scratch / "data" / "train.json", scratch / "data" / "val.json", scratch / "work",
-                       iters_per_epoch, use_gpu=bool(gpu_ids))
+    iters_per_epoch = math.ceil(images / (params.samples_per_gpu * world))
+    cfg = build_config(params, Path(coco_files[0]), Path(coco_files[1]), scratch / "work", iters_per_epoch,
+                       use_gpu=use_gpu)
     if "load_from" not in parse_cfg_options(params.cfg_options):
         start = pretrained_weights(params.pretrained_model_params, env.input.models_dir,
                                    config_path(params.model_name), scratch / "pretrained.pth", str(out_root))
         cfg.load_from = str(start) if start else None
-    return Prepared(cfg, (str(scratch / "data" / "train.json"), str(scratch / "data" / "val.json")), world)
+    return cfg
 
 
 def run_training(env: EnvConfig, monitor: Monitor) -> None:
@@ -129,18 +127,20 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     scratch = Path(env.output.root_dir) / "ray_app"
     config_name = f"{params.model_name}_config.py"
 
+    train_json, val_json, images = convert_datasets(env, params, monitor)
+    coco_files = [train_json, val_json]
+    world = len(gpu_ids) or params.cpu_num_workers
     session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
-                          prepare=lambda: prepare(env, params, gpu_ids, monitor))
-    with session as prepared:
+                          prepare=lambda: build_run_config(env, params, (train_json, val_json), images, world,
+                                                           bool(gpu_ids)))
+    with session as cfg:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
         from ray_app.train.failures import YmirTorchTrainer
         from ray_app.train.worker import WorkerSpec, train_worker
 
-        cfg, world = prepared.cfg, prepared.world
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
             env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg.pretty_text)
-        coco_files = list(prepared.coco_files)
         server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
             coco_files, [cfg.load_from] if cfg.get("load_from") else [])
         storage = storage_path(params, scratch)
