@@ -94,21 +94,29 @@ def test_killed_worker_resumes_from_checkpoint(tmp_path, sample):
 
 def test_training_from_a_pretrained_stage(tmp_path, sample, trained: Run):
     """``pretrained_model_params`` as the platform gives it (STAGE/FILE under models_dir):
-    the run starts from those weights, so its first validation is already good."""
-    from conftest import best_stage_files
+    the run starts from those weights. Checked on the weights themselves: after one epoch
+    the backbone is still within a few percent of the stage it started from, where a run from
+    scratch would differ by about as much as the weights themselves. (The mAP after one epoch
+    is no steady witness: the warm-up's high bias learning rate shakes a trained model, and
+    it ranged 0.17–0.48 for a stage of 0.49–0.66 over four runs.)"""
+    from conftest import best_stage_files, run_entry
+    from ray_app.checkpoints import load_checkpoint_file
 
     models, files = best_stage_files(trained)
     config = {**TRAIN_CONFIG, "max_epochs": 1, "val_interval": 1, "cpu_num_workers": 1,
               "pretrained_model_params": files}
-    run_env = write_task(tmp_path, sample, run_training=True, config=config, models_dir=models)
-    from conftest import run_entry
-
-    run = run_entry(run_env)
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config, models_dir=models))
     assert run.returncode == 0, run.output[-3000:]
     assert f"starting from {models / files[0]} (pretrained_model_params)" in run.output
-    result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
-    best_before = yaml.safe_load((trained.out / "models" / "result.yaml").read_text())["mAP"]
-    assert result["mAP"] > 0.5 * best_before  # one epoch from scratch scores ~0
+    new_models, new_files = best_stage_files(run)
+    before = load_checkpoint_file(models / next(f for f in files if f.endswith(".pth")))["state_dict"]
+    after = load_checkpoint_file(new_models / next(f for f in new_files if f.endswith(".pth")))["state_dict"]
+    keys = [k for k in before if k.startswith("backbone.") and k.endswith("conv.weight")]
+    assert keys and all(k in after for k in keys)
+    change = sum(float(((after[k] - before[k]) ** 2).sum()) for k in keys)
+    size = sum(float((before[k] ** 2).sum()) for k in keys)
+    assert change / size < 0.05, f"backbone moved {change / size:.3f} (relative, squared) from the starting stage"
+    assert yaml.safe_load((run.out / "models" / "result.yaml").read_text())["mAP"] > 0.05
 
 
 def test_nan_loss_stops_with_300201(tmp_path, sample):
