@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from bench.scaling_bench import run_entry, startup_s, steady_rate  # noqa: E402
+from bench.scaling_bench import REPO, entry_env, run_entry, startup_s, steady_rate  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 from ray_app.mining import ALGORITHMS  # noqa: E402
 
@@ -187,10 +187,9 @@ class Stage:
         """The entry's start-up, step by step: seconds from the process's start to each
         ``TIMELINE`` line, as each line reaches this process (the log's own timestamps have
         one-second resolution), then the process's end."""
-        env = {**os.environ, "YMIR_ENV_FILE": str(self.task(f"timeline-{count}", count)), "PYTHONUNBUFFERED": "1"}
-        env.pop("RAY_ADDRESS", None)
+        env = entry_env(self.task(f"timeline-{count}", count))
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         seen: dict[str, float] = {}
         for line in proc.stdout:

@@ -36,11 +36,17 @@ SIZE = 128
 SUMMARY = re.compile(r"first result after ([\d.]+) s, then ([\d.]+) images/s")
 
 
-def run_entry(env_file: Path) -> tuple[int, str, float]:
+def entry_env(env_file: Path) -> dict[str, str]:
+    """The entry's environment: this one with the env file, a local Ray (no RAY_ADDRESS)."""
     env = {**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_entry(env_file: Path) -> tuple[int, str, float]:
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ray_app"], env=entry_env(env_file), cwd=REPO, capture_output=True,
+                          text=True)
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
 
 

@@ -183,9 +183,7 @@ def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
         try:
             yield prepared.result() if prepared else None
         finally:
-            if _PROCESS_END.armed and not address:
-                _PROCESS_END.local_ray = True  # ended with the process, see end_process
-            else:
+            if address or not _PROCESS_END.armed:  # a local Ray under the entry is left for end_process
                 ray.shutdown()
             if started_node:  # leave the cluster: this container's node goes away with the task
                 subprocess.run([str(Path(sys.executable).with_name("ray")), "stop"], capture_output=True, timeout=60)
@@ -196,7 +194,6 @@ class _ProcessEnd:
     """Whether the local Ray is left for :func:`end_process` instead of ``ray.shutdown()``."""
 
     armed: bool = False  # set by the entry: the process ends right after the task
-    local_ray: bool = False  # a local Ray was left running for end_process
 
 
 _PROCESS_END = _ProcessEnd()
@@ -233,9 +230,10 @@ def end_process(code: int) -> None:
     outputs are written (each atomically, with fsync) nothing is left to save: every process
     this one started (the local Ray's GCS, raylet, dashboard and their workers) gets SIGKILL,
     the logs are flushed, and the process exits without its teardown. Joined clusters are not
-    touched: :func:`ray_session` has already disconnected from them.
+    touched: :func:`ray_session` has already disconnected from them, so Ray is still
+    initialised here only when a local Ray was left running.
     """
-    if _PROCESS_END.local_ray:
+    if _PROCESS_END.armed and ray.is_initialized():
         for pid in descendants(os.getpid()):
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -271,9 +269,9 @@ def check_gpus(params: CommonParams) -> list[int]:
         return gpu_ids
     import torch  # only when GPUs are asked for: a CPU task's driver needs no CUDA query
 
-    if gpu_ids and not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         raise YmirError(ErrorCode.NO_GPU, f"gpu_id {params.gpu_id!r} was given but no GPU is visible in the container")
-    if gpu_ids and max(gpu_ids) >= torch.cuda.device_count():
+    if max(gpu_ids) >= torch.cuda.device_count():
         raise YmirError(ErrorCode.GPU_MISMATCH, f"gpu_id {params.gpu_id!r} asks for GPU {max(gpu_ids)} but only "
                                                 f"{torch.cuda.device_count()} are visible")
     return gpu_ids

@@ -37,6 +37,11 @@ def coco_weights(config_file: Path, weights_dir: Path | None = None) -> Path | N
     return matches[-1] if matches else None
 
 
+def _model_key(key: str) -> str:
+    """A checkpoint's tensor name as the model names it (a DDP-wrapped save adds ``module.``)."""
+    return re.sub(r"^module\.", "", key)
+
+
 def fit_to_model(state_dict: dict[str, Any], model_state: dict[str, Any]) -> list[str]:
     """Replace, in ``state_dict``, each tensor whose shape differs from the model's tensor of
     that name with the model's own (as the model initialised it), and return their names.
@@ -48,7 +53,7 @@ def fit_to_model(state_dict: dict[str, Any], model_state: dict[str, Any]) -> lis
     which lists them: a checkpoint of another model is worth that noise."""
     replaced = []
     for key, value in state_dict.items():
-        own = model_state.get(re.sub(r"^module\.", "", key))
+        own = model_state.get(_model_key(key))
         if own is not None and hasattr(value, "shape") and tuple(value.shape) != tuple(own.shape):
             state_dict[key] = own.detach().clone()
             replaced.append(key)
@@ -67,7 +72,7 @@ def fit_message(replaced: list[str], state_dict: dict[str, Any], model_state: di
     """One line: how many tensors of which layers start from their initialisation, and how
     many of the model's tensors the starting weights fill."""
     layers = dict.fromkeys(_layer(key) for key in replaced)
-    loaded = sum(re.sub(r"^module\.", "", key) in model_state for key in state_dict) - len(replaced)
+    loaded = sum(_model_key(key) in model_state for key in state_dict) - len(replaced)
     return (f"starting weights: {len(replaced)} tensors of {', '.join(layers)} have other shapes than this "
             f"model's (another number of classes): those layers start from their initialisation; "
             f"{loaded} of the model's {len(model_state)} tensors are loaded")

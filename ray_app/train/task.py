@@ -80,10 +80,10 @@ def remove_resume_state(storage: str, experiment: str) -> None:
         log.warning("could not remove Ray Train's resume state under %s: %s", storage, error)
 
 
-def convert_datasets(env: EnvConfig, params: TrainingParams, monitor: Monitor) -> tuple[str, str, int]:
+def convert_datasets(env: EnvConfig, params: TrainingParams, monitor: Monitor) -> tuple[tuple[str, str], int]:
     """The training and validation sets as COCO files under /out/ray_app/data, checked before
-    any work (a bad index or a set without boxes fails before Ray starts): (train.json,
-    val.json, training images)."""
+    any work (a bad index or a set without boxes fails before Ray starts): ((train.json,
+    val.json), training images)."""
     out_root = Path(env.output.root_dir)
     data = out_root / "ray_app" / "data"
     train_pairs = read_index(env.input.training_index_file, "training", with_annotations=True)
@@ -95,7 +95,7 @@ def convert_datasets(env: EnvConfig, params: TrainingParams, monitor: Monitor) -
         raise YmirError(ErrorCode.DATASET, f"the training set has no usable box in {train_report.images} images: "
                                            "nothing to learn")
     monitor.progress(0.01, force=True)
-    return str(data / "train.json"), str(data / "val.json"), train_report.images
+    return (str(data / "train.json"), str(data / "val.json")), train_report.images
 
 
 def build_run_config(env: EnvConfig, params: TrainingParams, coco_files: tuple[str, str], images: int,
@@ -127,12 +127,10 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     scratch = Path(env.output.root_dir) / "ray_app"
     config_name = f"{params.model_name}_config.py"
 
-    train_json, val_json, images = convert_datasets(env, params, monitor)
-    coco_files = [train_json, val_json]
+    coco_files, images = convert_datasets(env, params, monitor)
     world = len(gpu_ids) or params.cpu_num_workers
     session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
-                          prepare=lambda: build_run_config(env, params, (train_json, val_json), images, world,
-                                                           bool(gpu_ids)))
+                          prepare=lambda: build_run_config(env, params, coco_files, images, world, bool(gpu_ids)))
     with session as cfg:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
@@ -142,11 +140,11 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
             env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg.pretty_text)
         server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
-            coco_files, [cfg.load_from] if cfg.get("load_from") else [])
+            list(coco_files), [cfg.load_from] if cfg.get("load_from") else [])
         storage = storage_path(params, scratch)
         spec = WorkerSpec(cfg=cfg, model_name=params.model_name, use_gpu=bool(gpu_ids),
                           work_root=str(scratch / "work"), outputs=outputs, dataset_server=server,
-                          driver_node=ray.get_runtime_context().get_node_id(), coco_files=tuple(coco_files),
+                          driver_node=ray.get_runtime_context().get_node_id(), coco_files=coco_files,
                           class_names=tuple(params.class_names), task_id=env.task_id,
                           saved_file_patterns=params.saved_file_patterns)
         trainer = YmirTorchTrainer(
