@@ -232,6 +232,25 @@ def compare(stage: Stage, count: int, rounds: int) -> dict:
     return {"rounds": runs, "median": median}
 
 
+def mining_rates(stage: Stage, args: argparse.Namespace) -> None:
+    """Each mining score through the entry (mining only) on the first ``--images`` count,
+    ``--rounds`` runs each with the scores alternated; the medians to ``mining.json``."""
+    variants = {name: {"mining_algorithm": name} for name in args.algorithms}
+    if args.diversity > 0:
+        variants[f"entropy+diversity {args.diversity:g}"] = {"mining_algorithm": "entropy", "diversity": args.diversity}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for round_ in range(args.rounds):
+        for name, config in variants.items():
+            runs[name].append(stage.ours(f"mining-{len(runs[name])}-{name.split()[0]}", args.images[0], **config))
+            print(round_, name, runs[name][-1], flush=True)
+    medians = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]} for name, rows in runs.items()}
+    for name, row in medians.items():
+        print(f"mining {name:24} {row['steady_images_per_s']:>8.2f} img/s steady, wall {row['wall_s']:.1f} s")
+    print(save("mining_gpu" if args.gpu else "mining", {
+        "images": args.images[0], "image_size": args.size, "img_size": args.input or args.size, "batch": BATCH,
+        "model": "yolov8_n", "rounds": args.rounds, "passes": PASSES, "median": medians, "runs": runs}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, nargs="+", default=[320, 2000])
@@ -240,6 +259,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--algorithms", nargs="*", default=list(PASSES), choices=list(PASSES),
                         help="mining algorithms to measure (default: all; none: skip mining)")
+    parser.add_argument("--mining-only", action="store_true",
+                        help="only the mining rates: every --algorithms score (and entropy with --diversity), "
+                             "--rounds runs each, alternated, medians to mining.json")
+    parser.add_argument("--diversity", type=float, default=0.5,
+                        help="with --mining-only: also entropy at this diversity (0: not)")
     parser.add_argument("--gpu", action="store_true", help="ray_app with gpu_id 0, the others on cuda:0")
     parser.add_argument("--timeline", action="store_true",
                         help="only print the entry's start-up, step by step, at the first --images count")
@@ -254,6 +278,8 @@ def main() -> None:
             for (at, step), previous in zip(steps, [0.0] + [t for t, _ in steps]):
                 print(f"{at:7.2f} (+{at - previous:5.2f})  {step}")
             return
+        if args.mining_only:
+            return mining_rates(stage, args)
         per_count = {count: compare(stage, count, args.rounds) for count in args.images}
         forward = stage.forward_limit()
         mining = {}

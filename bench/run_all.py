@@ -14,7 +14,11 @@ RUNS = {
     "profile_batch.py": [],
     "scaling_bench.py": ["--images", "1500", "--rounds", "3"],  # docs/scaling.md
     "min_img_size.py": [],  # model_config.zoo.FAMILIES, docs/training.md
-}
+    "infer_bench.py --mining-only": ["--images", "320", "--rounds", "3"],  # docs/mining.md
+    "diversity_bench.py": [],  # docs/mining.md
+    "score_separation.py": [],  # docs/mining.md
+}  # bench/active_learning.py (~40 min) runs on its own: make bench-al
 for script, args in RUNS.items():
     print(f"=== {script} {' '.join(args)}", flush=True)
-    subprocess.run([sys.executable, str(HERE / script), *args], check=True)
+    name, *flags = script.split()
+    subprocess.run([sys.executable, str(HERE / name), *flags, *args], check=True)

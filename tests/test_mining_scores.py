@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ray_app.mining import aldd, cald, entropy, random_baseline
 
@@ -40,6 +41,42 @@ def test_aldd_is_high_where_neighbours_disagree():
 def test_aldd_handles_anchors_and_levels():
     logits = [torch.randn(2, 3 * 4, 16, 16), torch.randn(2, 3 * 4, 8, 8)]  # 3 anchors x 4 classes
     assert aldd.score_batch(logits, num_classes=4).shape == (2,)
+    objectness = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8)]
+    assert aldd.score_batch(logits, 4, (128, 128), objectness).shape == (2,)
+
+
+def blob(inside: float, size: int = 16, at: slice = slice(6, 10)) -> torch.Tensor:
+    """Logits of a (1, 1, size, size) stride-8 map: ``inside`` on a 4x4-cell square, -6 elsewhere."""
+    t = torch.full((1, 1, size, size), -6.0)
+    t[0, 0, at, at] = inside
+    return t
+
+
+def test_aldd_works_in_input_pixels_as_the_paper():
+    """The neighbourhood is 9 input pixels, not 9 map cells: an object of 4 cells (32 px)
+    is not averaged away, and a background-only map scores ~0."""
+    background, sure = blob(-6.0), blob(6.0)
+    scores = aldd.score_batch([torch.cat([background, sure])], num_classes=1, input_size=(128, 128), stride=1)
+    assert scores[0] < 1e-3 and scores[1] > 100 * max(scores[0].item(), 1e-6)
+    quarter = aldd.score_batch([torch.cat([background, sure])], num_classes=1, input_size=(128, 128))
+    assert quarter[0] < 1e-3 and quarter[1] > 100 * max(quarter[0].item(), 1e-6)  # the default: 1/4 resolution
+    # by hand: MI = H(avg9 p) - avg9 H(p) at input resolution, max per 32x32 cell, mean over cells
+    p = F.interpolate(sure.sigmoid(), size=(128, 128), mode="bilinear", align_corners=False)
+    h = lambda q: -(q.clamp(1e-6, 1 - 1e-6) * q.clamp(1e-6, 1 - 1e-6).log()  # noqa: E731
+                    + (1 - q).clamp(1e-6, 1 - 1e-6) * (1 - q).clamp(1e-6, 1 - 1e-6).log())
+    mean = lambda q: F.avg_pool2d(q, 9, stride=1, padding=4, count_include_pad=False)  # noqa: E731
+    mi = (h(mean(p)) - mean(h(p))).clamp(min=0)
+    assert scores[1].item() == pytest.approx(F.max_pool2d(mi, 32, 32).mean().item(), rel=1e-5)
+
+
+def test_aldd_multiplies_objectness_and_weighs_classes():
+    logits = torch.cat([blob(6.0), blob(6.0)], dim=1)  # 2 classes, the same map
+    no_object = [torch.full((1, 1, 16, 16), -8.0)]
+    sure_object = [torch.full((1, 1, 16, 16), 8.0)]
+    with_object = aldd.score_batch([logits], 2, (128, 128), sure_object)
+    assert aldd.score_batch([logits], 2, (128, 128), no_object) < 0.01 * with_object
+    one_class = aldd.score_batch([logits], 2, (128, 128), sure_object, torch.tensor([1.0, 0.0]))
+    assert one_class.item() == pytest.approx(with_object.item() / 2, rel=1e-5)
 
 
 def boxes(*rows):

@@ -26,7 +26,7 @@ import ray
 import torch
 
 from ray_app.infer.images import decode_bgr
-from ray_app.infer.model import Detector, ModelBundle
+from ray_app.infer.model import Detector, ModelBundle, Pass
 from ray_app.mining import ALGORITHMS, MiningBatch
 from ray_app.pause import pause_point
 
@@ -98,6 +98,8 @@ class DetectorSpec:
     #: the test pipeline, when the actor decodes its own images (CPU layout); None when a
     #: ``Preprocess`` stage feeds it (GPU layout)
     preprocess_steps: tuple[dict[str, Any], ...] | None = None
+    #: return each image's feature vector (column ``feature``) for the diverse ranking
+    features: bool = False
 
     def __post_init__(self) -> None:
         if self.algorithm is not None and self.algorithm not in ALGORITHMS:
@@ -122,6 +124,8 @@ class DetectorActor:
         self.conf_threshold = spec.conf_threshold
         self.weights = np.asarray(spec.class_weights, dtype=np.float64) if spec.class_weights else None
         self.task_id = spec.task_id
+        self.with_features = spec.features
+        self.feature_dim = self.detector.feature_dim() if spec.features else 0
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', decoding its own images' if self.preprocess else ''})", flush=True)
@@ -147,6 +151,7 @@ class DetectorActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["path"])
+        features = np.zeros((n, self.feature_dim), dtype=np.float16)  # zeros for a bad image
         errors = list(batch["error"])
         samples = self.preprocess.samples(batch["data"], errors) if self.preprocess else self._unpack(batch, errors)
         dets = ["[]"] * n
@@ -155,26 +160,29 @@ class DetectorActor:
         good = [i for i in range(n) if samples[i] is not None]
         if good:
             packed = [samples[i] for i in good]
-            detections, class_logits = self.detector.forward(packed)
-            image_scores = self._scores(batch, good, packed, detections, class_logits)
+            plain = self.detector.forward(packed)
+            image_scores = self._scores(batch, good, packed, plain)
+            features[good] = plain.features[:, :self.feature_dim]
             for k, i in enumerate(good):
-                boxes, det_scores, labels = detections[k]
+                boxes, det_scores, labels = plain.detections[k]
                 dets[i] = json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, det_scores, labels)])
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
         pause_point("model_batch_done", node=self.node_id, images=n)  # tests: a fault while results are in flight
-        return {"path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
+        extra = {"feature": features} if self.with_features else {}
+        return {**extra, "path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
                 "height": sizes[:, 0], "width": sizes[:, 1], "error": np.array(errors, dtype=object),
                 "node": np.array([self.node_id] * n, dtype=object)}
 
-    def _scores(self, batch, good, packed, detections, class_logits) -> list[float]:
+    def _scores(self, batch, good, packed, plain: Pass) -> list[float]:
         """The mining score of each good image: the extra passes its algorithm asks for, then
         its score function (``ray_app.mining.ALGORITHMS``); 0 for boxes only."""
         if self.algorithm is None:
             return [0.0] * len(good)
-        augmented = [self.detector.forward(packed, flip=a.flip, brightness=a.brightness)[0]
+        augmented = [self.detector.forward(packed, flip=a.flip, brightness=a.brightness).detections
                      for a in self.algorithm.augmentations]
         return self.algorithm.score(MiningBatch(
-            paths=[str(batch["path"][i]) for i in good], detections=detections, class_logits=class_logits,
+            paths=[str(batch["path"][i]) for i in good], detections=plain.detections,
+            class_logits=plain.class_logits, objectness=plain.objectness, input_size=plain.input_size,
             augmented=augmented, num_classes=self.detector.num_classes, conf_threshold=self.conf_threshold,
             class_weights=self.weights, task_id=self.task_id))

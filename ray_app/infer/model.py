@@ -27,6 +27,23 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Pass:
+    """What one batched forward pass gives."""
+
+    #: per image: boxes (N, 4) xyxy in the original image, scores (N,), labels (N,)
+    detections: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    #: the head's class logits per feature level, ``(B, A*C, H_l, W_l)``
+    class_logits: Any
+    #: the head's objectness logits per level, ``(B, A, H_l, W_l)``, for heads that have one
+    #: (yolov5, yolov7, yolox: the third output ``predict_by_feat`` takes); None otherwise
+    objectness: Any
+    #: per image, the deepest neck level averaged over space, ``(B, channels)``
+    features: np.ndarray
+    #: (height, width) of the network input, padding included
+    input_size: tuple[int, int]
+
+
+@dataclass
 class ModelBundle:
     """What every actor needs to rebuild the model: plain data, cheap to ship via Ray."""
 
@@ -122,8 +139,16 @@ class Detector:
         self.num_classes = len(bundle.class_names)
 
     @torch.no_grad()
-    def forward(self, packed: list[dict[str, Any]], flip: bool = False, brightness: float = 1.0):
-        """Batched forward pass: (detections per image, dense class logits per level).
+    def feature_dim(self) -> int:
+        """The length of the feature vector ``forward`` gives (one tiny pass to find it)."""
+        with self._network:
+            features = self.model.extract_feat(torch.zeros(1, 3, 64, 64, device=self.device))
+        return int(features[-1].shape[1])
+
+    @torch.no_grad()
+    def forward(self, packed: list[dict[str, Any]], flip: bool = False, brightness: float = 1.0) -> Pass:
+        """Batched forward pass: detections, the head's dense maps and the pooled features
+        (for the diverse ranking of ``ray_app.mining.diversity``), see :class:`Pass`.
 
         ``flip`` and ``brightness`` transform the network input (for CALD); detections
         come back in the coordinates of the input as given to the network, then rescaled
@@ -139,7 +164,9 @@ class Detector:
             inputs, samples = data["inputs"], data["data_samples"]
             if flip:
                 inputs = inputs.flip(-1)
-            outs = head(self.model.extract_feat(inputs))
+            features = self.model.extract_feat(inputs)
+            outs = head(features)
+            pooled = features[-1].float().mean(dim=(2, 3)).cpu().numpy()
         with self._boxes:
             results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
         detections = []
@@ -150,7 +177,8 @@ class Detector:
                 boxes[:, [0, 2]] = width - boxes[:, [2, 0]]
             detections.append((boxes, result.scores.cpu().numpy().astype(np.float64),
                                result.labels.cpu().numpy().astype(np.int64)))
-        return detections, outs[0]
+        return Pass(detections=detections, class_logits=outs[0], objectness=outs[2] if len(outs) > 2 else None,
+                    features=pooled, input_size=(int(inputs.shape[-2]), int(inputs.shape[-1])))
 
 
 def _mirror_width(meta: dict[str, Any], input_width: int) -> float:

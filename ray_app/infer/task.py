@@ -13,6 +13,8 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ray_app.data.annotations import Issues
 from ray_app.data.index import check_unique_basenames, read_index
 from ray_app.protocol.env import EnvConfig
@@ -107,6 +109,16 @@ def prepare_model(env: EnvConfig, params: InferParams) -> ModelBundle:
     return load_stage(params, env.input.models_dir)
 
 
+def diverse_ranking(scores: list[tuple[str, float]], features: np.ndarray, weight: float) -> list[tuple[str, float]]:
+    """The scores to write for the diverse order of ``ray_app.mining.diversity``."""
+    from ray_app.mining.diversity import diverse_scores
+
+    started = time.monotonic()
+    keys = diverse_scores(np.array([s for _, s in scores]), features, weight)
+    log.info("diverse ranking of %d images (diversity %g) in %.1f s", len(scores), weight, time.monotonic() - started)
+    return [(path, float(key)) for (path, _), key in zip(scores, keys)]
+
+
 def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     """Mining, infer, or both (one pass), over the candidate index."""
     params = inference_params(env)
@@ -120,6 +132,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
 
     detections: dict[str, list[Annotation]] = {}
     scores: list[tuple[str, float]] = []
+    features: list[np.ndarray] = []  # one array per batch, in the order of ``scores`` (diversity > 0)
     bad = Issues()
     started = time.monotonic()  # start-up counts from here: Ray's start, the model actors' and the first batch
     images = read_candidates(env)
@@ -139,6 +152,8 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
                 if env.run_infer:
                     detections[path] = to_annotations(str(dets), bundle.class_names, int(width), int(height)) if not error else []
                 scores.append((path, float(score)))
+            if "feature" in batch:
+                features.append(np.asarray(batch["feature"]))
             progress.add([str(n) for n in batch["node"]])
     log.info("%s: %s", what, progress.summary())
     log.info("model actors ran on %d node(s): %s", len(progress.per_node),
@@ -148,6 +163,8 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     if missing:  # never expected: Ray retries lost work; fail rather than write a partial ranking
         raise YmirError(ErrorCode.DATASET, f"{len(missing)} candidates got no result, e.g. {sorted(missing)[:3]}")
     if env.run_mining:
+        if features:
+            scores = diverse_ranking(scores, np.concatenate(features), params.diversity)
         write_mining_result(env.output.mining_result_file, scores, env.output.root_dir)
         log.info("mining result: %s", env.output.mining_result_file)
     if env.run_infer:

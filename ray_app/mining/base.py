@@ -43,6 +43,10 @@ class MiningBatch:
     #: ``class_distribution_scores`` (None: all 1)
     class_weights: np.ndarray | None
     task_id: str
+    #: the head's objectness logits per level, ``(B, A, H_l, W_l)``; None for heads without
+    objectness: Sequence[Any] | None = None
+    #: (height, width) of the network input
+    input_size: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)

@@ -170,6 +170,9 @@ class MiningParams(InferParams):
 
     mining_algorithm: str
     class_distribution_scores: list[float] = []
+    #: 0: rank by score alone; up to 1: weigh each score against the image's similarity to
+    #: those ranked before it (``ray_app.mining.diversity``)
+    diversity: float = Field(default=0.0, ge=0, le=1)
 
     @field_validator("mining_algorithm", mode="before")
     @classmethod

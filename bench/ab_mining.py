@@ -1,0 +1,72 @@
+"""Mining rates before and after a change: a git revision's ray_app (``--base``) against the
+working tree's, alternated, on the same stage and images (bench/infer_bench.py's stage: yolov8_n,
+320 images of 256 px, one CPU model actor), steady images/s through the entry, medians.
+
+The editable install always loads ``<repo>/ray_app``, so the two versions take turns in that
+folder: the working tree's is copied aside first and put back at the end, even on an error.
+Do not edit ray_app/ while it runs.
+
+    .venv/bin/python bench/ab_mining.py --base 8e63d7a [--algorithms entropy aldd] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from bench.common import save  # noqa: E402
+from bench.infer_bench import train_stage  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the git revision whose ray_app is 'before'")
+    parser.add_argument("--algorithms", nargs="+", default=["random", "entropy", "aldd", "cald"])
+    parser.add_argument("--diversity", type=float, default=0.0, help="also entropy at this diversity (after only)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=320)
+    args = parser.parse_args()
+    runs: dict[str, dict[str, list[dict]]] = {"before": {}, "after": {}}
+    with tempfile.TemporaryDirectory(prefix="ab-mining-") as tmp:
+        before, after = Path(tmp) / "before" / "ray_app", Path(tmp) / "after" / "ray_app"
+        shutil.copytree(REPO / "ray_app", after, ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(f"git -C {REPO} archive {args.base} ray_app | tar -x -C {before.parent}", shell=True,
+                       check=True)
+
+        def use(src: Path) -> None:
+            shutil.rmtree(REPO / "ray_app")
+            shutil.copytree(src, REPO / "ray_app")
+
+        try:
+            stage = train_stage(Path(tmp), args.images, 256, False, 256)
+            for r in range(args.rounds):
+                order = [("before", before), ("after", after)]
+                for version, src in order if r % 2 == 0 else order[::-1]:
+                    use(src)
+                    variants = {name: {"mining_algorithm": name} for name in args.algorithms}
+                    if version == "after" and args.diversity > 0:
+                        variants[f"entropy+diversity {args.diversity:g}"] = {"mining_algorithm": "entropy",
+                                                                             "diversity": args.diversity}
+                    for name, config in variants.items():
+                        row = stage.ours(f"{version}-{r}-{name.split()[0]}", args.images, **config)
+                        runs[version].setdefault(name, []).append(row)
+                        print(version, r, name, row, flush=True)
+        finally:
+            use(after)
+    medians = {version: {name: statistics.median(row["steady_images_per_s"] for row in rows)
+                         for name, rows in by_name.items()} for version, by_name in runs.items()}
+    for name in medians["after"]:
+        was = medians["before"].get(name)
+        print(f"{name:24} before {was if was is not None else '-':>7} after {medians['after'][name]:>7} images/s")
+    print(save("mining_ab", {"args": vars(args), "median_steady_images_per_s": medians, "runs": runs}))
+
+
+if __name__ == "__main__":
+    main()
