@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from bench.common import save  # noqa: E402
-from bench.infer_bench import train_stage  # noqa: E402
+from bench.infer_bench import mining_variants, train_stage  # noqa: E402
 
 
 def main() -> None:
@@ -50,10 +50,7 @@ def main() -> None:
                 order = [("before", before), ("after", after)]
                 for version, src in order if r % 2 == 0 else order[::-1]:
                     use(src)
-                    variants = {name: {"mining_algorithm": name} for name in args.algorithms}
-                    if version == "after" and args.diversity > 0:
-                        variants[f"entropy+diversity {args.diversity:g}"] = {"mining_algorithm": "entropy",
-                                                                             "diversity": args.diversity}
+                    variants = mining_variants(args.algorithms, args.diversity if version == "after" else 0)
                     for name, config in variants.items():
                         row = stage.ours(f"{version}-{r}-{name.split()[0]}", args.images, **config)
                         runs[version].setdefault(name, []).append(row)

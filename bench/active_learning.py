@@ -46,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFilter
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
 from bench.scaling_bench import run_entry  # noqa: E402
-from ray_app.data.sample import SampleData, write_task  # noqa: E402
+from ray_app.data.sample import SampleData, draw_shape, write_task  # noqa: E402
 
 CLASS_NAMES = ["square", "disc", "triangle"]
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 80, 230)]
@@ -125,13 +125,7 @@ def _render(layout: Layout, dx: int = 0, dy: int = 0, light: int = 0) -> tuple[I
         for class_id, x1, y1, x2, y2, colour in shapes:
             x1, x2 = min(max(x1 + dx, 0), SIZE - 4), min(max(x2 + dx, 4), SIZE)
             y1, y2 = min(max(y1 + dy, 0), SIZE - 4), min(max(y2 + dy, 4), SIZE)
-            colour = tuple(min(255, max(0, c + light)) for c in colour)
-            if class_id == 0:
-                draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
-            elif class_id == 1:
-                draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
-            else:
-                draw.polygon([(x1, y2 - 1), ((x1 + x2) // 2, y1), (x2 - 1, y2 - 1)], fill=colour)
+            draw_shape(draw, class_id, (x1, y1, x2, y2), tuple(min(255, max(0, c + light)) for c in colour))
             if is_object:
                 boxes.append((class_id, x1, y1, x2, y2))
     return image.filter(ImageFilter.GaussianBlur(0.6)), boxes

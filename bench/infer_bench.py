@@ -232,12 +232,18 @@ def compare(stage: Stage, count: int, rounds: int) -> dict:
     return {"rounds": runs, "median": median}
 
 
+def mining_variants(algorithms: list[str], diversity: float) -> dict[str, dict]:
+    """Name -> the mining task's config: each algorithm, and entropy at ``diversity`` when > 0."""
+    variants = {name: {"mining_algorithm": name} for name in algorithms}
+    if diversity > 0:
+        variants[f"entropy+diversity {diversity:g}"] = {"mining_algorithm": "entropy", "diversity": diversity}
+    return variants
+
+
 def mining_rates(stage: Stage, args: argparse.Namespace) -> None:
     """Each mining score through the entry (mining only) on the first ``--images`` count,
     ``--rounds`` runs each with the scores alternated; the medians to ``mining.json``."""
-    variants = {name: {"mining_algorithm": name} for name in args.algorithms}
-    if args.diversity > 0:
-        variants[f"entropy+diversity {args.diversity:g}"] = {"mining_algorithm": "entropy", "diversity": args.diversity}
+    variants = mining_variants(args.algorithms, args.diversity)
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for round_ in range(args.rounds):
         for name, config in variants.items():

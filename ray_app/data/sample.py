@@ -33,6 +33,18 @@ class SampleData:
     class_names: list[str]
 
 
+def draw_shape(draw: ImageDraw.ImageDraw, shape: int, box: tuple[int, int, int, int],
+               colour: tuple[int, int, int]) -> None:
+    """A filled square (0), disc (1) or triangle (2) filling the xyxy ``box`` (end exclusive)."""
+    x1, y1, x2, y2 = box
+    if shape == 0:
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
+    elif shape == 1:
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
+    else:
+        draw.polygon([(x1, y2 - 1), ((x1 + x2) // 2, y1), (x2 - 1, y2 - 1)], fill=colour)
+
+
 def _draw_image(rng: random.Random, size: int, class_names: list[str]) -> tuple[Image.Image, list[tuple]]:
     background = tuple(rng.randint(90, 170) for _ in range(3))
     image = Image.new("RGB", (size, size), background)
@@ -46,14 +58,7 @@ def _draw_image(rng: random.Random, size: int, class_names: list[str]) -> tuple[
         side = rng.randint(size // 6, size // 3)
         x1, y1 = rng.randint(0, size - side), rng.randint(0, size - side)
         x2, y2 = x1 + side, y1 + side
-        colour = COLOURS.get(class_names[class_id], (200, 200, 40))
-        shape = class_id % 3
-        if shape == 0:
-            draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=colour)
-        elif shape == 1:
-            draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=colour)
-        else:
-            draw.polygon([(x1, y2 - 1), ((x1 + x2) // 2, y1), (x2 - 1, y2 - 1)], fill=colour)
+        draw_shape(draw, class_id % 3, (x1, y1, x2, y2), COLOURS.get(class_names[class_id], (200, 200, 40)))
         boxes.append((class_id, x1, y1, x2, y2))
     return image.filter(ImageFilter.GaussianBlur(0.6)), boxes
 

@@ -124,8 +124,7 @@ class DetectorActor:
         self.conf_threshold = spec.conf_threshold
         self.weights = np.asarray(spec.class_weights, dtype=np.float64) if spec.class_weights else None
         self.task_id = spec.task_id
-        self.with_features = spec.features
-        self.feature_dim = self.detector.feature_dim() if spec.features else 0
+        self.feature_dim = self.detector.feature_dim() if spec.features else 0  # 0: no features asked for
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', decoding its own images' if self.preprocess else ''})", flush=True)
@@ -169,7 +168,7 @@ class DetectorActor:
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
         pause_point("model_batch_done", node=self.node_id, images=n)  # tests: a fault while results are in flight
-        extra = {"feature": features} if self.with_features else {}
+        extra = {"feature": features} if self.feature_dim else {}
         return {**extra, "path": batch["path"], "detections": np.array(dets, dtype=object), "score": scores,
                 "height": sizes[:, 0], "width": sizes[:, 1], "error": np.array(errors, dtype=object),
                 "node": np.array([self.node_id] * n, dtype=object)}
