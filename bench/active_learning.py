@@ -37,6 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,7 +175,7 @@ def index_file(path: Path, items: list[Item], with_annotations: bool = True) -> 
 
 def _task_id(seed: int, strategy: str, round_: int) -> str:
     """A task id in the platform's shape; random's ranking is seeded by it."""
-    tag = f"{seed:03d}{abs(hash(strategy)) % 10**6:06d}{round_:02d}"
+    tag = f"{seed:03d}{zlib.crc32(strategy.encode()) % 10**6:06d}{round_:02d}"  # not hash(): salted per process
     return ("t" + tag + "0" * 30)[:30]
 
 
