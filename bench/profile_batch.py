@@ -60,7 +60,8 @@ def main() -> None:
                                  cfg_options="")
         bundle = load_stage(params, str(models))
         preprocess = Preprocess(inference_pipeline(bundle.cfg), SIZE)
-        model = Detector(bundle, "cpu").model
+        detector = Detector(bundle, "cpu")
+        model = detector.model
         head = model.bbox_head
         paths = data.candidate_index.read_text().split()
         times: dict[str, list[float]] = {k: [] for k in ("read", "decode_and_pipeline", "data_preprocessor",
@@ -79,13 +80,14 @@ def main() -> None:
                 data_in = timed("data_preprocessor", model.data_preprocessor,
                                 {"inputs": [s["inputs"] for s in samples],
                                  "data_samples": [s["data_samples"] for s in samples]}, False)
-                outs = timed("network", lambda x: head(model.extract_feat(x)), data_in["inputs"])
+                inputs = data_in["inputs"].contiguous(memory_format=detector.memory_format)  # as Detector.forward
+                outs = timed("network", lambda x: head(model.extract_feat(x)), inputs)
                 results = timed("boxes_and_nms", head.predict_by_feat, *outs, rescale=True,
                                 batch_img_metas=[s.metainfo for s in data_in["data_samples"]])
                 timed("result_rows", lambda rs: [json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in
                                                              zip(r.bboxes, r.scores, r.labels)]) for r in rs], results)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-                head(model.extract_feat(data_in["inputs"]))
+                head(model.extract_feat(inputs))
         ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
     medians = {k: round(statistics.median(v[2:]), 2) for k, v in times.items()}

@@ -166,6 +166,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
         separate = [gpu_layout(preprocess(batch)) for batch in batches]
         cpu_layout = DetectorActor(dataclasses.replace(spec, preprocess_steps=tuple(steps)))
         serial = [cpu_layout(batch) for batch in batches]
+        reading = [cpu_layout({"path": batch["path"]}) for batch in batches]  # one node: no read stage
         with ThreadPoolExecutor(2) as pool:
             threaded = list(pool.map(cpu_layout, batches * 3))
     finally:
@@ -181,13 +182,56 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     reference = rows(separate)
     assert len(reference) == len(paths) and reference[paths[-1]][2] and reference[paths[-1]][1] == -1
     assert sum(len(d) for d, _, _ in reference.values()) > 0, "the trained model finds boxes"
-    for other in (rows(serial), rows(threaded)):
+    for other in (rows(serial), rows(threaded), rows(reading)):
         assert set(other) == set(reference)
         for path, (dets, score, error) in reference.items():
             assert other[path][2] == error
             assert other[path][0].shape == dets.shape, path
             np.testing.assert_allclose(other[path][0], dets, atol=1e-3)
             assert abs(other[path][1] - score) < 1e-6
+
+
+def test_actors_skip_training_only_imports():
+    """Inside a Ray actor, mmdet finds neither scikit-learn nor albumentations (its optional
+    imports for tracking and the Albu augmentation, 0.6 s of a model actor's start), and
+    still builds the inference pipeline; a process that is no actor keeps both."""
+    import importlib
+
+    import ray
+
+    from ray_app.infer.actors import TRAINING_ONLY_IMPORTS, skip_training_only_imports
+
+    def importable() -> dict[str, bool]:
+        found = {}
+        for name in TRAINING_ONLY_IMPORTS:
+            try:
+                importlib.import_module(name)
+                found[name] = True
+            except ImportError:
+                found[name] = False
+        return found
+
+    @ray.remote(num_cpus=0)
+    class Probe:
+        def __init__(self) -> None:
+            skip_training_only_imports()
+
+        def check(self) -> tuple[dict[str, bool], bool]:
+            from mmdet.datasets.transforms import transforms
+            from mmyolo.utils import register_all_modules
+
+            register_all_modules()
+            return importable(), transforms.albumentations is None
+
+    ray.init(num_cpus=1, include_dashboard=False, address="local")
+    try:
+        found, albu_off = ray.get(Probe.remote().check.remote())
+        skip_training_only_imports()  # the driver is no actor: nothing changes
+        here = importable()
+    finally:
+        ray.shutdown()
+    assert found == dict.fromkeys(TRAINING_ONLY_IMPORTS, False) and albu_off
+    assert here == dict.fromkeys(TRAINING_ONLY_IMPORTS, True)
 
 
 def test_model_size_by_default_and_cfg_options(tmp_path, sample, trained):

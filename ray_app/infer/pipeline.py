@@ -1,6 +1,8 @@
 """The Ray Data pipeline over the candidate index, streaming results to the driver.
 
-read (driver's node) -> [preprocess actors: GPU only] -> model actors -> the driver.
+On a cluster: read (driver's node) -> [preprocess actors: GPU only] -> model actors -> the driver.
+On one node: paths -> [preprocess actors: GPU only] -> model actors -> the driver; the first
+actor reads the files itself (``images.with_bytes``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
 
 
 def rows_per_block(images: int, batch_size: int, plan: ActorPlan) -> int:
-    """Images per read block: whole batches, up to ``MAX_BATCHES_PER_BLOCK`` of them, but
+    """Images per block: whole batches, up to ``MAX_BATCHES_PER_BLOCK`` of them, but
     small enough that each model-actor thread gets ``BLOCKS_PER_THREAD`` blocks or more."""
     threads = plan.count * plan.batches_at_once
     batches = images // (batch_size * threads * BLOCKS_PER_THREAD)
@@ -78,9 +80,11 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
                    gpu_ids: list[int], task_id: str) -> Iterator[dict[str, np.ndarray]]:
     """Batches of ``{path, detections (json), score, error}`` as the actors finish them.
 
-    Read tasks run on the driver's node (the one that sees /in) and hand image bytes on;
-    preprocessing and the model run wherever Ray places them (Ray Data spreads actors over
-    the nodes). With GPUs a pool of preprocessing actors (up to ``workers_per_gpu`` per GPU)
+    On a cluster, read tasks run on the driver's node (the one that sees /in) and hand image
+    bytes on; preprocessing and the model run wherever Ray places them (Ray Data spreads
+    actors over the nodes). On one node every actor sees /in, and the first one reads its
+    batch's files itself: no read stage, whose two task processes and operator cost 0.7 s of
+    start-up on 2 cores (``bench/infer_bench.py --timeline``, 320 images). With GPUs a pool of preprocessing actors (up to ``workers_per_gpu`` per GPU)
     decodes for the model actors; CPU model actors decode their own images (see ``actors``).
     A pool of several actors waits until every one is up, so that one quick actor does not
     take the whole index while the others are still loading. Ray Data
@@ -88,10 +92,11 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     worker or a node dies.
     """
     plan = plan_actors(params, gpu_ids)
+    cluster = alive_nodes() > 1
     # Wait for every model actor before dispatching (Ray Data then holds every stage,
     # reading included). Not needed for one actor on one node, where plan_actors already
-    # checked the CPUs: reading then starts while the model loads (about 1 s sooner).
-    gate = plan.count > 1 or alive_nodes() > 1
+    # checked the CPUs: the first batches are queued while the model loads.
+    gate = plan.count > 1 or cluster
     context = DataContext.get_current()
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if gate else -1
     # Every block is read on the driver's node, so Ray Data's actor locality would hand each
@@ -104,8 +109,9 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     block = rows_per_block(len(images), batch_size, plan)
     blocks = max(1, min(len(images) // block, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-    ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
-                        label_selector=driver_node_label())
+    if cluster:
+        ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
+                            label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
     if gpu_ids:
         ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])),

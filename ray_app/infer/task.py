@@ -66,6 +66,8 @@ class Progress:
         now = time.monotonic()
         if self.first is None:
             self.first = (now, count)
+            log.info("%s: first results after %.1f s (Ray's start, the model actors', the first batch)", self.what,
+                     now - self.start)
         self.last = now
         if now - self.last_log >= 10 or self.done == self.total:
             self.last_log = now
@@ -137,7 +139,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     started = time.monotonic()  # start-up counts from here: Ray's start, the model actors' and the first batch
     images = read_candidates(env)
     session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
-                          prepare=lambda: prepare_model(env, params))
+                          prepare=lambda: prepare_model(env, params), dashboard=False)
     with session as bundle:
         log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
         from ray_app.infer.pipeline import stream_results  # imported by prepare_model: already loaded

@@ -1,12 +1,16 @@
-"""Mining rates before and after a change: a git revision's ray_app (``--base``) against the
-working tree's, alternated, on the same stage and images (bench/infer_bench.py's stage: yolov8_n,
-320 images of 256 px, one CPU model actor), steady images/s through the entry, medians.
+"""Before and after a change: a git revision's ray_app (``--base``) against the working tree's,
+alternated, on the same stage and images (bench/infer_bench.py's stage: yolov8_n, 320 images of
+256 px, one CPU model actor), through the entry, medians.
+
+- default: the mining rates, steady images/s of each score (``mining_ab.json``);
+- ``--timeline``: the start-up, step by step, of an infer task (``startup_timeline_ab.json``).
 
 The editable install always loads ``<repo>/ray_app``, so the two versions take turns in that
 folder: the working tree's is copied aside first and put back at the end, even on an error.
 Do not edit ray_app/ while it runs.
 
-    .venv/bin/python bench/ab_mining.py --base 8e63d7a [--algorithms entropy aldd] [--rounds 3]
+    .venv/bin/python bench/ab.py --base 8e63d7a [--algorithms entropy aldd] [--rounds 3]
+    .venv/bin/python bench/ab.py --base 1db5810 --timeline [--rounds 3]
 """
 
 from __future__ import annotations
@@ -32,9 +36,10 @@ def main() -> None:
     parser.add_argument("--diversity", type=float, default=0.0, help="also entropy at this diversity (after only)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=320)
+    parser.add_argument("--timeline", action="store_true", help="the start-up of an infer task instead")
     args = parser.parse_args()
-    runs: dict[str, dict[str, list[dict]]] = {"before": {}, "after": {}}
-    with tempfile.TemporaryDirectory(prefix="ab-mining-") as tmp:
+    runs: dict[str, dict[str, list]] = {"before": {}, "after": {}}
+    with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         before, after = Path(tmp) / "before" / "ray_app", Path(tmp) / "after" / "ray_app"
         shutil.copytree(REPO / "ray_app", after, ignore=shutil.ignore_patterns("__pycache__"))
         subprocess.run(f"git -C {REPO} archive {args.base} ray_app | tar -x -C {before.parent}", shell=True,
@@ -50,6 +55,12 @@ def main() -> None:
                 order = [("before", before), ("after", after)]
                 for version, src in order if r % 2 == 0 else order[::-1]:
                     use(src)
+                    if args.timeline:
+                        steps = stage.timeline(args.images)
+                        for at, step in steps:
+                            runs[version].setdefault(step, []).append(at)
+                        print(version, r, steps, flush=True)
+                        continue
                     variants = mining_variants(args.algorithms, args.diversity if version == "after" else 0)
                     for name, config in variants.items():
                         row = stage.ours(f"{version}-{r}-{name.split()[0]}", args.images, **config)
@@ -57,12 +68,25 @@ def main() -> None:
                         print(version, r, name, row, flush=True)
         finally:
             use(after)
+    if args.timeline:
+        return report_timeline(args, runs)
     medians = {version: {name: statistics.median(row["steady_images_per_s"] for row in rows)
                          for name, rows in by_name.items()} for version, by_name in runs.items()}
     for name in medians["after"]:
         was = medians["before"].get(name)
         print(f"{name:24} before {was if was is not None else '-':>7} after {medians['after'][name]:>7} images/s")
     print(save("mining_ab", {"args": vars(args), "median_steady_images_per_s": medians, "runs": runs}))
+
+
+def report_timeline(args: argparse.Namespace, runs: dict[str, dict[str, list[float]]]) -> None:
+    """Each step's median, before and after, in the order of the working tree's start-up."""
+    medians = {version: {step: statistics.median(ats) for step, ats in steps.items()}
+               for version, steps in runs.items()}
+    print(f"{'step':58} {'before':>7} {'after':>7}   (seconds from the process's start, {args.images} images)")
+    for step, at in sorted(medians["after"].items(), key=lambda item: item[1]):
+        was = medians["before"].get(step)
+        print(f"{step:58} {was if was is not None else '-':>7} {at:>7}")
+    print(save("startup_timeline_ab", {"args": vars(args), "median_s": medians, "runs": runs}))
 
 
 if __name__ == "__main__":
