@@ -5,6 +5,10 @@ twice on the same data and config:
   plain  - one process, a plain mmengine Runner (what the original executor ran per GPU);
   ray    - the real executor entry (`python -m ray_app`): Ray start, Ray Train's
            TorchTrainer with one worker running the same Runner, stages to /out.
+The plain Runner is timed twice: inside this process, from ``Runner.from_cfg`` (its imports
+and config already done), and as a whole process of its own (``python bench/train_bench.py
+--plain-process``: imports, config, Runner, as the original executor's ``tools/train.py`` runs),
+the fair baseline for the executor's whole process.
 Reports COCO bbox mAP, wall and CPU time, the median time per iteration of each, the
 per-iteration overhead of the wrapper (medians, and each alternated pair: this machine's speed
 drifts by ±10 % between runs) and its fixed cost (the wall time outside the iterations: Ray's
@@ -19,6 +23,7 @@ also runs two Ray Train workers (data parallel) for throughput.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import re
@@ -90,6 +95,19 @@ def plain_runner(work: Path, data, config: dict, log_interval: int, use_gpu: boo
             "data_s_median": data_s, "mAP": max(0.0, mAP)}
 
 
+def plain_process(work: Path, data, config: dict, log_interval: int) -> dict:
+    """``plain_runner`` in a fresh Python process; ``wall_s`` is the whole process's."""
+    request = {"work": str(work), "train_index": str(data.train_index), "val_index": str(data.val_index),
+               "class_names": list(data.class_names), "config": config, "log_interval": log_interval}
+    start, cpu = time.perf_counter(), cpu_seconds()
+    proc = subprocess.run([sys.executable, __file__, "--plain-process", json.dumps(request)], capture_output=True,
+                          text=True)
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    if proc.returncode != 0:
+        sys.exit(proc.stderr[-3000:])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "wall_s": wall, "cpu_s": cpu}
+
+
 def executor(work: Path, data, config: dict, workers: int, log_interval: int) -> dict:
     """The real entry; the median iteration time from rank 0's summary line."""
     env_file = write_task(work, data, run_training=True,
@@ -118,14 +136,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="alternated plain/Ray runs; medians are reported")
     parser.add_argument("--log-interval", type=int, default=10,
                         help="the Runner's logger interval in both (10: the executor's default)")
+    parser.add_argument("--plain-process", metavar="JSON", help=argparse.SUPPRESS)  # plain_process's child
     args = parser.parse_args()
+    if args.plain_process:
+        from types import SimpleNamespace
+
+        request = json.loads(args.plain_process)
+        data = SimpleNamespace(train_index=Path(request["train_index"]), val_index=Path(request["val_index"]),
+                               class_names=request["class_names"])
+        print(json.dumps(plain_runner(Path(request["work"]), data, request["config"], request["log_interval"])))
+        return
     config = bench_config(args.model, args.size, args.epochs)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = make_dataset(work / "data", n_train=args.images, n_val=32, n_candidates=0, image_size=args.size)
-        runs: dict[str, list[dict]] = {"plain Runner": [], "Ray Train, 1 worker": []}
+        runs: dict[str, list[dict]] = {"plain Runner": [], "plain Runner, own process": [], "Ray Train, 1 worker": []}
         for repeat in range(args.repeats):  # alternated, so drifts of the machine hit both alike
             runs["plain Runner"].append(plain_runner(work / f"plain{repeat}", data, config, args.log_interval))
+            runs["plain Runner, own process"].append(plain_process(work / f"process{repeat}", data, config,
+                                                                   args.log_interval))
             runs["Ray Train, 1 worker"].append(executor(work / f"ray{repeat}", data, config, 1, args.log_interval))
         if args.workers > 1:
             runs[f"Ray Train, {args.workers} workers"] = [executor(work / "multi", data, config, args.workers,
@@ -137,8 +166,11 @@ def main() -> None:
     pairs = [r["iter_s_median"] / p["iter_s_median"] - 1
              for p, r in zip(runs["plain Runner"], runs["Ray Train, 1 worker"])]
     # the wall time outside the training iterations (start, validation, saving), Ray's less the plain Runner's
-    fixed = (ray1["wall_s"] - ray1["iterations"] * ray1["iter_s_median"]) \
-        - (plain["wall_s"] - plain["iterations"] * plain["iter_s_median"])
+    def outside(row: dict) -> float:
+        return row["wall_s"] - row["iterations"] * row["iter_s_median"]
+
+    fixed = outside(ray1) - outside(plain)
+    fixed_process = outside(ray1) - outside(rows["plain Runner, own process"])
     print(f"\n{args.model}, {args.epochs} epochs, {args.images} images of {args.size}px, batch 8, CPU, "
           f"median of {args.repeats} alternated runs\n")
     print(f"{'run':24} {'mAP':>6} {'wall s':>7} {'CPU s':>7} {'s/iter':>7} {'iters':>6}")
@@ -146,9 +178,12 @@ def main() -> None:
         print(f"{name:24} {row['mAP']:6.3f} {row['wall_s']:7.1f} {row['cpu_s']:7.1f} {row['iter_s_median']:7.3f} "
               f"{int(row['iterations']):6d}")
     print(f"\nper-iteration overhead of Ray Train: {100 * overhead:+.1f}% (each alternated pair: "
-          f"{', '.join(f'{100 * p:+.0f}%' for p in pairs)})   fixed start-up cost: {fixed:.1f} s")
+          f"{', '.join(f'{100 * p:+.0f}%' for p in pairs)})")
+    print(f"fixed cost (wall outside the iterations) over the plain Runner: {fixed:.1f} s in this process, "
+          f"{fixed_process:.1f} s over its own process")
     path = save("train", {"args": vars(args), "medians": rows, "runs": runs, "per_iteration_overhead": overhead,
-                          "per_iteration_overhead_pairs": pairs, "fixed_startup_s": fixed})
+                          "per_iteration_overhead_pairs": pairs, "fixed_startup_s": fixed,
+                          "fixed_startup_over_plain_process_s": fixed_process})
     print(f"full numbers: {path}")
 
 
