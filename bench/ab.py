@@ -42,6 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ab-") as tmp:
         before, after = Path(tmp) / "before" / "ray_app", Path(tmp) / "after" / "ray_app"
         shutil.copytree(REPO / "ray_app", after, ignore=shutil.ignore_patterns("__pycache__"))
+        before.parent.mkdir(parents=True)
         subprocess.run(f"git -C {REPO} archive {args.base} ray_app | tar -x -C {before.parent}", shell=True,
                        check=True)
 
