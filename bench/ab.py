@@ -2,8 +2,8 @@
 alternated, on the same stage and images (bench/infer_bench.py's stage: yolov8_n, 320 images of
 256 px, one CPU model actor), through the entry, medians.
 
-- default: the mining rates, steady images/s of each score (``mining_ab.json``);
-- ``--timeline``: the start-up, step by step, of an infer task (``startup_timeline_ab.json``).
+- default: the mining rates, steady images/s of each score (``mining_ab_<base>.json``);
+- ``--timeline``: the start-up, step by step, of an infer task (``startup_timeline_ab_<base>.json``).
 
 The editable install always loads ``<repo>/ray_app``, so the two versions take turns in that
 folder: the working tree's is copied aside first and put back at the end, even on an error.
@@ -76,7 +76,7 @@ def main() -> None:
     for name in medians["after"]:
         was = medians["before"].get(name)
         print(f"{name:24} before {was if was is not None else '-':>7} after {medians['after'][name]:>7} images/s")
-    print(save("mining_ab", {"args": vars(args), "median_steady_images_per_s": medians, "runs": runs}))
+    print(save(f"mining_ab_{args.base}", {"args": vars(args), "median_steady_images_per_s": medians, "runs": runs}))
 
 
 def report_timeline(args: argparse.Namespace, runs: dict[str, dict[str, list[float]]]) -> None:
@@ -87,7 +87,7 @@ def report_timeline(args: argparse.Namespace, runs: dict[str, dict[str, list[flo
     for step, at in sorted(medians["after"].items(), key=lambda item: item[1]):
         was = medians["before"].get(step)
         print(f"{step:58} {was if was is not None else '-':>7} {at:>7}")
-    print(save("startup_timeline_ab", {"args": vars(args), "median_s": medians, "runs": runs}))
+    print(save(f"startup_timeline_ab_{args.base}", {"args": vars(args), "median_s": medians, "runs": runs}))
 
 
 if __name__ == "__main__":
