@@ -177,9 +177,10 @@ def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
     here, after Ray has started, and ends the session like any other.
 
     ``dashboard=False`` starts a local Ray without its dashboard: its head and module
-    processes (11 of the 19 processes a local Ray starts on 2 cores) cost 0.9 s of CPU. Inference leaves it out:
-    its tasks are short, and nothing in Ray Data needs it. Training keeps it: Ray Train's
-    placement-group cleaner watches the Train controller through the state API it serves."""
+    processes (11 of the 19 processes a local Ray starts on 2 cores) cost 0.9 s of CPU.
+    Inference leaves it out: its tasks are short, and nothing in Ray Data needs it. Training
+    keeps it: Ray Train's placement-group cleaner watches the Train controller through the
+    state API it serves, and warns every second without it."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
         prepared = pool.submit(prepare) if prepare else None
         if ray.is_initialized():

@@ -1,9 +1,9 @@
 """The Ray Data stages of inference: preprocess -> model actors.
 
 On a cluster rows carry image BYTES from the read stage (``images.read_batch``, on the
-driver's node), so preprocessing and the model can run on nodes that cannot see /in; on one
-node rows carry paths and the first actor reads them (``images.with_bytes``). Every row keeps ``ok`` and ``error`` so a bad image flows through
-as an empty result instead of failing its batch.
+driver's node), so preprocessing and the model can run on nodes that cannot see /in; on a
+local Ray rows carry paths and the first actor reads them (``images.with_bytes``). Every row
+keeps ``error`` so a bad image flows through as an empty result instead of failing its batch.
 
 Two layouts (``pipeline.stream_results`` picks one):
 - **GPU**: a pool of ``Preprocess`` actors decodes on the CPUs and hands letterboxed arrays
@@ -171,7 +171,7 @@ class DetectorActor:
         return packed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.preprocess:  # a GPU model actor gets decoded arrays from the preprocessing stage
+        if self.preprocess:  # the CPU layout decodes here; a GPU actor gets arrays from Preprocess
             batch = with_bytes(batch)
         n = len(batch["path"])
         features = np.zeros((n, self.feature_dim), dtype=np.float16)  # zeros for a bad image

@@ -1,8 +1,8 @@
 """The Ray Data pipeline over the candidate index, streaming results to the driver.
 
 On a cluster: read (driver's node) -> [preprocess actors: GPU only] -> model actors -> the driver.
-On one node: paths -> [preprocess actors: GPU only] -> model actors -> the driver; the first
-actor reads the files itself (``images.with_bytes``).
+On a local Ray (one node): paths -> [preprocess actors: GPU only] -> model actors -> the
+driver; the first actor reads the files itself (``images.with_bytes``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ray_app.infer.images import read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
-from ray_app.ray_session import alive_nodes, check_cluster_gpus, driver_node_label
+from ray_app.ray_session import alive_nodes, check_cluster_gpus, cluster_address, driver_node_label
 
 #: read tasks at once. Reading is file I/O pinned to the driver's node (the one that sees /in),
 #: so it reserves no CPU: model actors that fill that node can never starve it, and a read
@@ -82,9 +82,12 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
 
     On a cluster, read tasks run on the driver's node (the one that sees /in) and hand image
     bytes on; preprocessing and the model run wherever Ray places them (Ray Data spreads
-    actors over the nodes). On one node every actor sees /in, and the first one reads its
-    batch's files itself: no read stage, whose two task processes and operator cost 0.7 s of
-    start-up on 2 cores (``bench/infer_bench.py --timeline``, 320 images). With GPUs a pool of preprocessing actors (up to ``workers_per_gpu`` per GPU)
+    actors over the nodes). On a local Ray (started for this task: one node, which no
+    autoscaler can grow) every actor sees /in, and the first one reads its batch's files
+    itself: no read stage, whose two task processes and operator cost 1.1 s of start-up on 2
+    cores (11.6 -> 10.4 s, ``bench/infer_bench.py --timeline``, 320 images). A joined cluster
+    keeps the read stage even while it has one node: an autoscaler may add nodes that cannot
+    see /in. With GPUs a pool of preprocessing actors (up to ``workers_per_gpu`` per GPU)
     decodes for the model actors; CPU model actors decode their own images (see ``actors``).
     A pool of several actors waits until every one is up, so that one quick actor does not
     take the whole index while the others are still loading. Ray Data
@@ -92,11 +95,11 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     worker or a node dies.
     """
     plan = plan_actors(params, gpu_ids)
-    cluster = alive_nodes() > 1
+    nodes = alive_nodes()
     # Wait for every model actor before dispatching (Ray Data then holds every stage,
     # reading included). Not needed for one actor on one node, where plan_actors already
     # checked the CPUs: the first batches are queued while the model loads.
-    gate = plan.count > 1 or cluster
+    gate = plan.count > 1 or nodes > 1
     context = DataContext.get_current()
     context.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if gate else -1
     # Every block is read on the driver's node, so Ray Data's actor locality would hand each
@@ -109,7 +112,7 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     block = rows_per_block(len(images), batch_size, plan)
     blocks = max(1, min(len(images) // block, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-    if cluster:
+    if nodes > 1 or cluster_address(params.ray_address):  # else a local Ray: every actor sees /in
         ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
                             label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
