@@ -51,10 +51,11 @@ class ActorPlan:
     batches_at_once: int = GPU_BATCHES_AT_ONCE
 
 
-def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
+def plan_actors(params: InferParams, gpu_ids: list[int], nodes: int) -> ActorPlan:
     """One model actor per GPU, else ``cpu_num_workers`` CPU actors that decode their own
     images and work on one batch per CPU they hold: on one machine they share its CPUs
-    (rounded up to whole batches); on a cluster each takes one CPU, which fits on any node."""
+    (rounded up to whole batches); on a cluster (``nodes`` alive) each takes one CPU, which
+    fits on any node."""
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ActorPlan(count=len(gpu_ids), num_cpus=1, num_gpus=1)
@@ -62,7 +63,7 @@ def plan_actors(params: InferParams, gpu_ids: list[int]) -> ActorPlan:
     if params.cpu_num_workers > available:
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} model actors need "
                                           f"{params.cpu_num_workers} CPUs; the Ray cluster has {available:g}")
-    if alive_nodes() > 1:  # a share of the sum may fit no single node
+    if nodes > 1:  # a share of the sum may fit no single node
         return ActorPlan(count=params.cpu_num_workers, num_cpus=1, batches_at_once=1)
     share = math.floor(available / params.cpu_num_workers * 10) / 10
     return ActorPlan(count=params.cpu_num_workers, num_cpus=share, batches_at_once=max(1, math.ceil(share)))
@@ -94,8 +95,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     restarts actors (its default ``max_restarts=-1``) and retries their lost batches when a
     worker or a node dies.
     """
-    plan = plan_actors(params, gpu_ids)
-    nodes = alive_nodes()
+    nodes = alive_nodes()  # one view of the cluster for the plan, the gate and the read stage
+    plan = plan_actors(params, gpu_ids, nodes)
     # Wait for every model actor before dispatching (Ray Data then holds every stage,
     # reading included). Not needed for one actor on one node, where plan_actors already
     # checked the CPUs: the first batches are queued while the model loads.
