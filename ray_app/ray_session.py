@@ -133,19 +133,18 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
         raise YmirError(ErrorCode.NETWORK, f"could not join the Ray cluster at {address}: {tail[0]}")
 
 
-def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "", dashboard: bool = True) -> tuple[str, bool]:
+def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tuple[str, bool]:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), presenting ``auth_token`` (see
     :func:`use_auth_token`), else start a local Ray sized to this container with only the
-    GPUs in ``gpu_ids`` visible, with its dashboard if ``dashboard``. Returns the cluster's
-    address ("" for a local Ray) and whether this container joined it as a node."""
+    GPUs in ``gpu_ids`` visible, and no dashboard (see :func:`ray_session`). Returns the
+    cluster's address ("" for a local Ray) and whether this container joined it as a node."""
     address = cluster_address(address)
     if not address:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        log.info("starting a local Ray (%d CPUs, %d GPUs%s)", os.cpu_count() or 1, len(gpu_ids),
-                 "" if dashboard else ", no dashboard")
+        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard)", os.cpu_count() or 1, len(gpu_ids))
         # address="local": always a new Ray of our own, even if another runs on this machine
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=dashboard,
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=False,
                  log_to_driver=True, configure_logging=False)
         return "", False
     token_source = use_auth_token(auth_token)
@@ -165,7 +164,7 @@ def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "", dashbo
 
 @contextmanager
 def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
-                prepare: Callable[[], T] | None = None, dashboard: bool = True) -> Iterator[T | None]:
+                prepare: Callable[[], T] | None = None) -> Iterator[T | None]:
     """Ray for one task (see :func:`start_or_join`), ended or left with the task. A Ray
     already initialised in this process (tests, notebooks) is used as it is and left running.
 
@@ -176,17 +175,18 @@ def ray_session(address: str, gpu_ids: list[int], auth_token: str = "",
     ``bench/infer_bench.py --timeline``). The session yields its result; its error is raised
     here, after Ray has started, and ends the session like any other.
 
-    ``dashboard=False`` starts a local Ray without its dashboard: its head and module
-    processes (11 of the 19 processes a local Ray starts on 2 cores) cost 0.9 s of CPU.
-    Inference leaves it out: its tasks are short, and nothing in Ray Data needs it. Training
-    keeps it: Ray Train's placement-group cleaner watches the Train controller through the
-    state API it serves, and warns every second without it."""
+    A local Ray has no dashboard: its head and module processes (11 of the 19 processes a local
+    Ray starts on 2 cores) cost 0.9 s of CPU, and its port is not reachable outside the YMIR
+    container anyway. Nothing in Ray Data needs it; the one part of Ray Train that does (the
+    placement-group cleaner, which asks its state API) is left out on a local Ray
+    (``ray_app.train.trainer``). To watch a task in a dashboard, run it on a cluster
+    (``ray_address``)."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as pool:
         prepared = pool.submit(prepare) if prepare else None
         if ray.is_initialized():
             yield prepared.result() if prepared else None
             return
-        address, started_node = start_or_join(address, gpu_ids, auth_token, dashboard)
+        address, started_node = start_or_join(address, gpu_ids, auth_token)
         try:
             yield prepared.result() if prepared else None
         finally:

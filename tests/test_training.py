@@ -45,6 +45,8 @@ def test_training_outputs(trained: Run):
     events = list((trained.out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
     assert "resuming" not in trained.output
+    # a local Ray has no dashboard; none of Ray Train's parts that ask its state API runs (they would warn every second)
+    assert "Failed to query Ray Train Controller actor state" not in trained.output
     speed = re.search(r"\[rank 0\] training: (\d+) iterations, median ([0-9.]+) s per iteration", trained.output)
     # 2 workers share 48 images in batches of 4: at most 6 iterations per epoch each
     assert speed and 20 <= int(speed.group(1)) <= 20 * 6 and float(speed.group(2)) > 0, "no iteration-time summary"
@@ -152,3 +154,19 @@ def test_error_no_restart_can_fix_fails_once(tmp_path, sample, option, stage, ca
     below = (run.out / "monitor.txt").read_text().splitlines()[1:]
     assert below and below[0].startswith("Traceback") and any("ray_app/train/worker.py" in line for line in below)
     assert "[FailurePolicy] RETRY" not in run.output and "resuming from the last Ray Train checkpoint" not in run.output
+
+
+def test_controller_environ_is_a_default_for_fit_only(monkeypatch):
+    """Ray Train's controller settings: the preemption watcher is off on a local Ray only;
+    a variable the environment sets wins; none is left behind after ``fit``."""
+    from ray_app.train.task import controller_environ, environ_defaults
+
+    assert controller_environ(local=True)["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in controller_environ(local=False)
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")  # the operator's choice
+    with environ_defaults(controller_environ(local=True)):
+        assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+        assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
+    assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"

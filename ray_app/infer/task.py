@@ -139,7 +139,7 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     started = time.monotonic()  # start-up counts from here: Ray's start, the model actors' and the first batch
     images = read_candidates(env)
     session = ray_session(params.ray_address, gpu_ids, params.ray_auth_token.get_secret_value(),
-                          prepare=lambda: prepare_model(env, params), dashboard=False)
+                          prepare=lambda: prepare_model(env, params))
     with session as bundle:
         log.info("%s of %d images (%s)", what, len(images), algorithm or "boxes only")
         from ray_app.infer.pipeline import stream_results  # imported by prepare_model: already loaded

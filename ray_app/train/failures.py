@@ -18,7 +18,6 @@ import traceback
 from typing import Any
 
 import ray
-from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy
 from ray.train.v2._internal.execution.failure_handling.failure_policy import FailureDecision
 
@@ -73,20 +72,3 @@ class StopOnRecordedFailure(DefaultFailurePolicy):
             print(f"training stops without a restart: {recorded[1]}", flush=True)
             return FailureDecision.RAISE
         return super().make_decision(training_failed_error)
-
-
-class YmirTorchTrainer(TorchTrainer):
-    """``TorchTrainer`` whose controller gets :class:`StopOnRecordedFailure` as its policy.
-
-    Ray Train 2.60 builds the policy from ``FailureConfig`` alone; the one seam is the
-    keyword it hands to the controller (``_initialize_and_run_controller``), overridden here.
-    ``tests/test_training.py`` fails if that seam moves (a build error would be retried)."""
-
-    def __init__(self, *args: Any, outputs: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._outputs = outputs
-
-    def _initialize_and_run_controller(self, **controller_init_kwargs: Any):
-        controller_init_kwargs["failure_policy"] = StopOnRecordedFailure(self.run_config.failure_config,
-                                                                         self._outputs)
-        return super()._initialize_and_run_controller(**controller_init_kwargs)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +25,8 @@ from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
-from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, on_this_node, ray_session
+from ray_app.ray_session import (alive_nodes, check_cluster_gpus, check_gpus, cluster_address, on_this_node,
+                                 ray_session)
 from ray_app.model_config.edit import parse_cfg_options
 from ray_app.train.config import build_config, evaluate_config
 from ray_app.train.outputs import TrainingOutputsActor
@@ -43,6 +46,34 @@ MAX_FAILURES = 3
 #: with 0.5 s, 0.7-1.3 s (bench/train_bench.py's task, 2 cores). A poll is one remote call
 #: per worker.
 HEALTH_CHECK_INTERVAL_S = 0.5
+#: Ray Train's preemption watcher (``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``) on a local Ray,
+#: unless the environment sets it: off. It listens for a node being drained (an autoscaler
+#: taking a spot node back) to tell the workers; a local Ray is this container alone, which
+#: nothing drains, and the watcher is an actor process of its own that starts beside the
+#: Runner's build (1.0 s of CPU, 196 MB resident on 2 cores). On a joined cluster it stays on.
+LOCAL_PREEMPTION_WATCHER = "0"
+
+
+def controller_environ(local: bool) -> dict[str, str]:
+    """Ray Train settings read by its controller, which Ray Train starts with these variables
+    from the driver's environment (where the environment sets one, it wins)."""
+    environ = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_INTERVAL_S)}
+    if local:
+        environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = LOCAL_PREEMPTION_WATCHER
+    return environ
+
+
+@contextmanager
+def environ_defaults(defaults: dict[str, str]) -> Iterator[None]:
+    """``defaults`` in ``os.environ`` where unset, for the block only (a process that runs
+    several tasks, as the tests do, does not carry one task's settings into the next)."""
+    added = [name for name in defaults if name not in os.environ]
+    os.environ.update({name: defaults[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
@@ -61,7 +92,7 @@ def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
     return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": per_worker})
 
 
-def storage_path(params: TrainingParams, scratch: Path) -> str:
+def storage_path(params: TrainingParams, scratch: Path, nodes: int) -> str:
     """Where Ray Train keeps resume checkpoints: ``ray_storage_path`` when given (shared
     storage: an NFS path mounted on every node, ``s3://``, ``gs://``), else under /out.
 
@@ -70,7 +101,6 @@ def storage_path(params: TrainingParams, scratch: Path) -> str:
     than failing once the workers start."""
     if params.ray_storage_path:
         return params.ray_storage_path
-    nodes = alive_nodes()
     if nodes > 1:
         raise YmirError(ErrorCode.CONFIG, f"training on a Ray cluster of {nodes} nodes needs ray_storage_path: "
                                           "storage every node can reach (an NFS path mounted on all nodes, s3://, "
@@ -110,7 +140,7 @@ def build_run_config(env: EnvConfig, params: TrainingParams, coco_files: tuple[s
     """The mmyolo config of the run and its starting weights: the driver's work that needs
     mmengine, mmyolo and torch, run while Ray starts (``ray_session``). Ray Train's modules
     and the worker's (1.8 s of imports on 2 cores) are loaded here too."""
-    import ray_app.train.failures  # noqa: F401
+    import ray_app.train.trainer  # noqa: F401
     import ray_app.train.worker  # noqa: F401
     from ray_app.train.pretrained import pretrained_weights
 
@@ -141,14 +171,18 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
     with session as cfg:
         from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-        from ray_app.train.failures import YmirTorchTrainer
+        from ray_app.train.trainer import YmirTorchTrainer
         from ray_app.train.worker import WorkerSpec, train_worker
 
+        nodes = alive_nodes()  # one view of the cluster for the storage and the actors
+        # a Ray started for this task: this container alone, which no autoscaler grows
+        local = not cluster_address(params.ray_address) and nodes == 1
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
-            env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg.pretty_text)
-        server = DatasetServer.options(scheduling_strategy=on_this_node()).remote(
+            env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg)
+        # only workers on other nodes ask it: none on a local Ray (one actor process less)
+        server = None if local else DatasetServer.options(scheduling_strategy=on_this_node()).remote(
             list(coco_files), [cfg.load_from] if cfg.get("load_from") else [])
-        storage = storage_path(params, scratch)
+        storage = storage_path(params, scratch, nodes)
         spec = WorkerSpec(cfg=cfg, model_name=params.model_name, use_gpu=bool(gpu_ids),
                           work_root=str(scratch / "work"), outputs=outputs, dataset_server=server,
                           driver_node=ray.get_runtime_context().get_node_id(), coco_files=coco_files,
@@ -157,7 +191,8 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         trainer = YmirTorchTrainer(
             train_worker,
             outputs=outputs,
-            train_loop_config={"spec": spec},
+            local_ray=local,
+            train_loop_config={"spec": ray.put(spec)},  # by reference: see WorkerSpec
             scaling_config=scaling(params, gpu_ids),
             run_config=RunConfig(
                 name=f"ymir-{env.task_id}",
@@ -166,13 +201,12 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
-        # read by the controller, which Ray Train starts with this variable from the driver's environment
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
         log.info("training %s on %d %s worker(s), %d epochs", params.model_name, world,
                  "GPU" if gpu_ids else "CPU", params.max_epochs)
         error: Exception | None = None
         try:
-            trainer.fit()
+            with environ_defaults(controller_environ(local)):
+                trainer.fit()
         except Exception as e:  # reported below, after the error a worker recorded (if any)
             error = e
         failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
