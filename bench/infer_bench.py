@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from bench.scaling_bench import REPO, entry_env, run_entry, startup_s, steady_rate  # noqa: E402
+from bench.scaling_bench import REPO, entry_env, run_entry, startup_s, steady_rate, train_model  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 from ray_app.mining import ALGORITHMS  # noqa: E402
 
@@ -208,18 +208,10 @@ class Stage:
 def train_stage(work: Path, images: int, size: int, gpu: bool, image_size: int | None = None) -> Stage:
     """yolov8_n trained one epoch at input ``size`` on generated data, and ``images`` generated
     candidates of ``image_size`` px (default: ``size``)."""
-    import yaml
-
     data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=images, image_size=image_size or size,
                         seed=11)
-    config = dict(model_name="yolov8_n", img_size=size, max_epochs=1, val_interval=1, samples_per_gpu=4,
-                  workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1, gpu_id="0" if gpu else "")
-    code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
-    assert code == 0, log[-3000:]
-    models = work / "train" / "out" / "models"
-    result = yaml.safe_load((models / "result.yaml").read_text())
-    best = result["best_stage_name"]
-    return Stage(work, data, models, best, result["model_stages"][best]["files"], size, gpu)
+    models, best, files = train_model(work, data, size, gpu)
+    return Stage(work, data, models, best, files, size, gpu)
 
 
 def compare(stage: Stage, count: int, rounds: int) -> dict:

@@ -24,8 +24,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from bench.scaling_bench import run_entry  # noqa: E402
-from ray_app.data.sample import make_dataset, write_task  # noqa: E402
+from bench.scaling_bench import train_model  # noqa: E402
+from ray_app.data.sample import make_dataset  # noqa: E402
 
 SIZE = 256
 
@@ -37,7 +37,6 @@ def main() -> None:
     args = parser.parse_args()
     import numpy as np
     import torch
-    import yaml
 
     from ray_app.infer.actors import Preprocess
     from ray_app.infer.images import read_batch
@@ -48,14 +47,8 @@ def main() -> None:
         work = Path(tmp)
         n = args.batch * (args.batches + 2)
         data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=n, image_size=SIZE, seed=11)
-        config = dict(model_name="yolov8_n", img_size=SIZE, max_epochs=1, val_interval=1, samples_per_gpu=4,
-                      workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1)
-        code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
-        assert code == 0, log[-3000:]
-        models = work / "train" / "out" / "models"
-        result = yaml.safe_load((models / "result.yaml").read_text())
-        best = result["best_stage_name"]
-        params = SimpleNamespace(model_params_path=[f"{best}/{f}" for f in result["model_stages"][best]["files"]],
+        models, best, files = train_model(work, data, SIZE)
+        params = SimpleNamespace(model_params_path=[f"{best}/{f}" for f in files],
                                  class_names=data.class_names, img_size=SIZE, conf_threshold=0.2, iou_threshold=0.65,
                                  cfg_options="")
         bundle = load_stage(params, str(models))

@@ -61,15 +61,17 @@ def startup_s(log: str) -> float:
     return float(SUMMARY.search(log).group(1))
 
 
-def train_stage(work: Path, data) -> tuple[Path, list[str]]:
-    config = dict(model_name="yolov8_n", img_size=SIZE, max_epochs=1, val_interval=1, samples_per_gpu=4,
-                  workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1)
+def train_model(work: Path, data, size: int = SIZE, gpu: bool = False) -> tuple[Path, str, list[str]]:
+    """yolov8_n trained one epoch at input ``size`` on ``data`` through the entry (the stage
+    every inference benchmark uses): the models folder, the best stage and its files."""
+    config = dict(model_name="yolov8_n", img_size=size, max_epochs=1, val_interval=1, samples_per_gpu=4,
+                  workers_per_gpu=0, cpu_num_workers=1, max_keep_checkpoints=1, gpu_id="0" if gpu else "")
     code, log, _ = run_entry(write_task(work / "train", data, run_training=True, config=config))
     assert code == 0, log[-3000:]
     models = work / "train" / "out" / "models"
     result = yaml.safe_load((models / "result.yaml").read_text())
     best = result["best_stage_name"]
-    return models, [f"{best}/{f}" for f in result["model_stages"][best]["files"]]
+    return models, best, result["model_stages"][best]["files"]
 
 
 def measure(work: Path, data, models: Path, files: list[str], nodes: int, tag: str) -> dict:
@@ -98,7 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="scaling-bench-") as tmp:
         work = Path(tmp)
         data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=args.images, image_size=SIZE, seed=5)
-        models, files = train_stage(work, data)
+        models, best, stage_files = train_model(work, data)
+        files = [f"{best}/{f}" for f in stage_files]
         runs: dict[int, list[dict]] = {1: [], 2: []}
         for round_ in range(args.rounds):
             for nodes in (1, 2) if round_ % 2 == 0 else (2, 1):

@@ -79,7 +79,7 @@ def score_pool(models: Path, files: list[str], pool) -> tuple[dict[str, list[flo
         items = pool[start:start + 8]
         data = np.array([Path(i.image).read_bytes() for i in items], dtype=object)
         packed = preprocess.samples(data, [""] * len(items))
-        plain = detector.forward(packed)
+        plain = detector.forward(packed, features=True)
         features.append(plain.features)
         for name, algorithm in ALGORITHMS.items():
             augmented = [detector.forward(packed, flip=a.flip, brightness=a.brightness).detections

@@ -183,9 +183,10 @@ class DetectorActor:
         good = [i for i in range(n) if samples[i] is not None]
         if good:
             packed = [samples[i] for i in good]
-            plain = self.detector.forward(packed)
+            plain = self.detector.forward(packed, features=self.feature_dim > 0)
             image_scores = self._scores(batch, good, packed, plain)
-            features[good] = plain.features[:, :self.feature_dim]
+            if plain.features is not None:
+                features[good] = plain.features
             for k, i in enumerate(good):
                 boxes, det_scores, labels = plain.detections[k]
                 dets[i] = json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, det_scores, labels)])

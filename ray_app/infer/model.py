@@ -37,8 +37,8 @@ class Pass:
     #: the head's objectness logits per level, ``(B, A, H_l, W_l)``, for heads that have one
     #: (yolov5, yolov7, yolox: the third output ``predict_by_feat`` takes); None otherwise
     objectness: Any
-    #: per image, the deepest neck level averaged over space, ``(B, channels)``
-    features: np.ndarray
+    #: per image, the deepest neck level averaged over space, ``(B, channels)``; None unless asked for
+    features: np.ndarray | None
     #: (height, width) of the network input, padding included
     input_size: tuple[int, int]
 
@@ -152,9 +152,10 @@ class Detector:
         return int(features[-1].shape[1])
 
     @torch.no_grad()
-    def forward(self, packed: list[dict[str, Any]], flip: bool = False, brightness: float = 1.0) -> Pass:
-        """Batched forward pass: detections, the head's dense maps and the pooled features
-        (for the diverse ranking of ``ray_app.mining.diversity``), see :class:`Pass`.
+    def forward(self, packed: list[dict[str, Any]], flip: bool = False, brightness: float = 1.0,
+                features: bool = False) -> Pass:
+        """Batched forward pass: detections, the head's dense maps and, with ``features``, the
+        pooled features (for the diverse ranking of ``ray_app.mining.diversity``), see :class:`Pass`.
 
         ``flip`` and ``brightness`` transform the network input (for CALD); detections
         come back in the coordinates of the input as given to the network, then rescaled
@@ -170,9 +171,9 @@ class Detector:
             inputs, samples = data["inputs"].contiguous(memory_format=self.memory_format), data["data_samples"]
             if flip:
                 inputs = inputs.flip(-1)
-            features = self.model.extract_feat(inputs)
-            outs = head(features)
-            pooled = features[-1].float().mean(dim=(2, 3)).cpu().numpy()
+            levels = self.model.extract_feat(inputs)
+            outs = head(levels)
+            pooled = levels[-1].float().mean(dim=(2, 3)).cpu().numpy() if features else None
         with self._boxes:
             results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
         detections = []
