@@ -170,3 +170,20 @@ def test_controller_environ_is_a_default_for_fit_only(monkeypatch):
         assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
     assert os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+
+
+def test_a_config_with_no_python_form_is_a_recorded_config_error(tmp_path, sample):
+    """The outputs actor formats the config the stages save (beside the driver); a config that
+    cannot be written as Python is recorded as the run's failure (300001), which the workers
+    find before they start and the driver then reports, instead of a crash in the actor."""
+    from mmengine.config import Config
+
+    from ray_app.protocol.env import load_env
+    from ray_app.train.outputs import TrainingOutputs
+
+    env = load_env(write_task(tmp_path, sample, run_training=True, config=TRAIN_CONFIG))
+    good = TrainingOutputs(env, 1, {}, "yolov8_n_config.py", Config(dict(model=dict(type="YOLODetector"))))
+    assert good.fatal() is None and b"YOLODetector" in good.config_text
+    bad = TrainingOutputs(env, 1, {}, "yolov8_n_config.py", Config(dict(model=dict(type=object()))))
+    code, message, trace = bad.fatal()
+    assert code == 300001 and "cannot be written as a Python file" in message and "SyntaxError" in trace

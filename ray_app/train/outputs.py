@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import ray
 
 from ray_app.protocol.atomic import atomic_write_bytes, ensure_under
 from ray_app.protocol.env import EnvConfig
+from ray_app.protocol.errors import ErrorCode
 from ray_app.protocol.monitor import Monitor
 from ray_app.protocol.writers import ModelStage, TrainingResult, write_training_result
 
@@ -48,12 +50,20 @@ class TrainingOutputs:
         self.max_keep = max_keep
         self.evaluate_config = evaluate_config
         self.config_name = config_name
-        # formatted here, in the actor's constructor, which runs beside the driver: mmengine
-        # formats a config with yapf (0.2 s on 2 cores), which on the driver delayed Ray Train's start
-        self.config_text = config.pretty_text.encode()
         self.stages: dict[str, ModelStage] = {}
         self.epochs: dict[str, int] = {}
         self.failure: tuple[int, str, str] | None = None
+        # formatted here, in the actor's constructor, which runs beside the driver: mmengine
+        # formats a config with yapf (0.2 s on 2 cores), which on the driver delayed Ray Train's
+        # start. A config that is not Python (a value with no literal form) could be saved with
+        # no stage: recorded as the run's failure, which the workers find before they start.
+        try:
+            self.config_text = config.pretty_text.encode()
+        except SyntaxError:
+            self.config_text = b""
+            self.fail(ErrorCode.CONFIG, "the training config cannot be written as a Python file for the model "
+                                        "stages: a value in it (cfg_options?) has no Python literal form",
+                      traceback.format_exc())
 
     def progress(self, fraction: float) -> None:
         """Training progress in [0, 1); 1 is written by the entry once all is done."""
