@@ -62,7 +62,7 @@ class TrainingOutputs:
         except SyntaxError:
             self.config_text = b""
             self.fail(ErrorCode.CONFIG, "the training config cannot be written as a Python file for the model "
-                                        "stages: a value in it (cfg_options?) has no Python literal form",
+                                        "stages: a value in it has no Python literal form",
                       traceback.format_exc())
 
     def progress(self, fraction: float) -> None:
