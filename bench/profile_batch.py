@@ -14,7 +14,6 @@ torch profiler table of the network's top operators is kept beside them.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from ray_app.infer.actors import Preprocess
+    from ray_app.infer.actors import Preprocess, detection_row
     from ray_app.infer.images import read_batch
     from ray_app.infer.model import Detector, inference_pipeline, load_stage
 
@@ -77,8 +76,7 @@ def main() -> None:
                 outs = timed("network", lambda x: head(model.extract_feat(x)), inputs)
                 results = timed("boxes_and_nms", head.predict_by_feat, *outs, rescale=True,
                                 batch_img_metas=[s.metainfo for s in data_in["data_samples"]])
-                timed("result_rows", lambda rs: [json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in
-                                                             zip(r.bboxes, r.scores, r.labels)]) for r in rs], results)
+                timed("result_rows", lambda rs: [detection_row(r.bboxes, r.scores, r.labels) for r in rs], results)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 head(model.extract_feat(inputs))
         ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)

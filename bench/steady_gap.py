@@ -5,8 +5,8 @@ Three rates on the same stage (yolov8_n, one epoch, bench/infer_bench.py's) and 
 round measuring all three within the same minute (this machine's speed drifts by ±10 %
 between runs), medians of ``--rounds``:
 
-- **forward**: two threads, one torch thread each, running the network (``_forward``) on one
-  pre-made batch, BatchNorms folded, channels-last: bench/infer_bench.py's forward limit;
+- **forward**: bench/infer_bench.py's forward limit (``Stage.forward_limit``: the network
+  alone on pre-made batches, BatchNorms folded, its best layout), each layout for ``--forward-s``;
 - **actor's work, no Ray**: two threads in one process doing what each thread of a CPU
   model actor does per batch, with the executor's own code (``images.with_bytes``,
   ``Preprocess.samples``, ``Detector.forward``, the result rows), on the candidates;
@@ -29,18 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
 from bench.infer_bench import BATCH, train_stage  # noqa: E402
 
-#: the child process: ``forward`` or ``work`` over the candidates, two threads, one JSON line out
+#: the child process: the actor's work over the entry task's candidates, two threads, one JSON line out
 CHILD = r'''
 import json, sys, threading, time
 import numpy as np, torch
-from ray_app.infer.actors import Preprocess
+from ray_app.infer.actors import Preprocess, detection_row
 from ray_app.infer.images import with_bytes
 from ray_app.infer.model import Detector, inference_pipeline, load_stage
 from ray_app.infer.task import read_candidates
 from ray_app.protocol.env import load_env
 from ray_app.protocol.hyperparams import inference_params
 
-mode, env_file, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+env_file, batch = sys.argv[1], int(sys.argv[2])
 torch.set_num_threads(1)  # as each thread of a CPU model actor
 env = load_env(env_file)  # the entry's own task: its hyperparameters, model stage and candidates
 params = inference_params(env)
@@ -50,17 +50,11 @@ preprocess = Preprocess(inference_pipeline(bundle.cfg), size)
 detector = Detector(bundle, "cpu")
 paths = read_candidates(env)
 batches = [paths[i:i + batch] for i in range(0, len(paths), batch)]
-x = torch.rand(batch, 3, size, size).contiguous(memory_format=detector.memory_format)
 
 def one(chunk):
-    if mode == "forward":
-        with torch.no_grad():
-            detector.model._forward(x)
-        return
     data = with_bytes({"path": np.array(chunk, dtype=object)})
     samples = preprocess.samples(data["data"], list(data["error"]))
-    for boxes, scores, labels in detector.forward(samples).detections:  # the result rows, as the actor makes them
-        json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, scores, labels)])
+    [detection_row(*detections) for detections in detector.forward(samples).detections]  # the result rows
 
 for chunk in batches[:3]:
     one(chunk)
@@ -80,10 +74,10 @@ print(json.dumps({"images_per_s": len(paths) / (time.monotonic() - start)}))
 '''
 
 
-def child(stage, mode: str, count: int) -> float:
-    """Images/s of ``mode`` (forward, work) over the first ``count`` candidates of the entry's task."""
-    env_file = stage.task(f"gap-{mode}", count)
-    proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(env_file), str(BATCH)], capture_output=True,
+def actor_work(stage, count: int) -> float:
+    """Images/s of the actor's work, no Ray, over the first ``count`` candidates of the entry's task."""
+    env_file = stage.task("gap-work", count)
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(env_file), str(BATCH)], capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["images_per_s"]
@@ -94,14 +88,15 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forward-s", type=float, default=8, help="seconds of each layout of the forward limit")
     args = parser.parse_args()
     runs: dict[str, list[float]] = {"forward": [], "actor's work, no Ray": [], "entry steady": []}
     with tempfile.TemporaryDirectory(prefix="steady-gap-") as tmp:
         stage = train_stage(Path(tmp), args.images, args.size, False)
         for round_ in range(args.rounds):
             runs["entry steady"].append(stage.ours(f"gap-entry-{round_}", args.images)["steady_images_per_s"])
-            runs["actor's work, no Ray"].append(child(stage, "work", args.images))
-            runs["forward"].append(child(stage, "forward", args.images))
+            runs["actor's work, no Ray"].append(actor_work(stage, args.images))
+            runs["forward"].append(stage.forward_limit(args.forward_s)["images_per_s"])
             print(round_, {name: round(rates[-1], 1) for name, rates in runs.items()}, flush=True)
     medians = {name: round(statistics.median(rates), 1) for name, rates in runs.items()}
     forward = medians["forward"]

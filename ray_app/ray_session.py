@@ -47,6 +47,14 @@ def cluster_address(address: str) -> str:
     return address.strip() or os.environ.get("RAY_ADDRESS", "").strip()
 
 
+def local_ray(address: str, nodes: int) -> bool:
+    """Whether the task runs on a local Ray: one started for it (no ``ray_address``, no
+    ``$RAY_ADDRESS``) with its one node, which no autoscaler grows. Every actor there sees /in
+    and /out, and nothing drains the node. A joined cluster is never local, even with one node:
+    an autoscaler may add nodes that see neither."""
+    return not cluster_address(address) and nodes == 1
+
+
 def use_auth_token(token: str) -> str:
     """Present a token to the cluster, if there is one: ``$RAY_AUTH_TOKEN`` (an operator baked
     it into a site-specific image) first, else the ``ray_auth_token`` hyperparameter (YMIR's

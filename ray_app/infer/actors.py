@@ -51,6 +51,12 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def detection_row(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> str:
+    """One image's detections as the model actors return them: JSON ``[[x1, y1, x2, y2, score,
+    class], ...]``."""
+    return json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, scores, labels)])
+
+
 def skip_training_only_imports() -> None:
     """Inside a Ray actor, have mmdet's optional imports of ``TRAINING_ONLY_IMPORTS`` fail as
     if they were not installed (``sys.modules[name] = None``; one already imported stays).
@@ -189,7 +195,7 @@ class DetectorActor:
                 features[good] = plain.features
             for k, i in enumerate(good):
                 boxes, det_scores, labels = plain.detections[k]
-                dets[i] = json.dumps([[*map(float, b), float(s), int(c)] for b, s, c in zip(boxes, det_scores, labels)])
+                dets[i] = detection_row(boxes, det_scores, labels)
                 scores[i] = image_scores[k]
                 sizes[i] = packed[k]["data_samples"].metainfo["ori_shape"][:2]
         pause_point("model_batch_done", node=self.node_id, images=n)  # tests: a fault while results are in flight

@@ -20,7 +20,7 @@ from ray_app.infer.images import read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
-from ray_app.ray_session import alive_nodes, check_cluster_gpus, cluster_address, driver_node_label
+from ray_app.ray_session import alive_nodes, check_cluster_gpus, driver_node_label, local_ray
 
 #: read tasks at once. Reading is file I/O pinned to the driver's node (the one that sees /in),
 #: so it reserves no CPU: model actors that fill that node can never starve it, and a read
@@ -113,7 +113,7 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     block = rows_per_block(len(images), batch_size, plan)
     blocks = max(1, min(len(images) // block, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-    if nodes > 1 or cluster_address(params.ray_address):  # else a local Ray: every actor sees /in
+    if not local_ray(params.ray_address, nodes):  # on a local Ray every actor sees /in
         ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
                             label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights

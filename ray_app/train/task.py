@@ -25,8 +25,7 @@ from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
-from ray_app.ray_session import (alive_nodes, check_cluster_gpus, check_gpus, cluster_address, on_this_node,
-                                 ray_session)
+from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, local_ray, on_this_node, ray_session
 from ray_app.model_config.edit import parse_cfg_options
 from ray_app.train.config import build_config, evaluate_config
 from ray_app.train.outputs import TrainingOutputsActor
@@ -175,8 +174,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
         from ray_app.train.worker import WorkerSpec, train_worker
 
         nodes = alive_nodes()  # one view of the cluster for the storage and the actors
-        # a Ray started for this task: this container alone, which no autoscaler grows
-        local = not cluster_address(params.ray_address) and nodes == 1
+        local = local_ray(params.ray_address, nodes)
         outputs = TrainingOutputsActor.options(scheduling_strategy=on_this_node()).remote(
             env, params.max_keep_checkpoints, evaluate_config(cfg), config_name, cfg)
         # only workers on other nodes ask it: none on a local Ray (one actor process less)
