@@ -8,7 +8,8 @@ a run cut short keeps what it measured; ``--deadline-s`` skips the steps that no
 1. **training**, ``--model`` on generated data: a plain mmengine Runner in fp32 (the original
    executor's loop, same config, same device), the entry in fp32 (``amp: false``) and the entry
    with AMP (``amp: true``). s/iteration is the median of the Runner's own timer in each
-   (``ray_app.train.hooks.iteration_times``), data time beside it.
+   (``ray_app.train.hooks.iteration_times``), data time beside it; the entry's start-up step by
+   step (``bench/train_bench.py``'s ``TIMELINE``).
 2. **inference**, a yolov8_n stage trained one epoch: the entry (infer) against the original loop
    (``init_detector`` + ``inference_detector`` one image at a time) at each ``--infer-images``,
    one whole process each; the entry's start-up step by step; the model's batched forward
@@ -139,6 +140,9 @@ def main() -> None:
                   f"{row['mAP']:7.3f}")
     print(f"Ray Train per iteration: {summary['ray_train_overhead_per_iteration']} x the plain Runner "
           f"(target <= 1.05); AMP: {summary['amp_speedup_per_iteration']} x faster than fp32 (target >= 1.3)")
+    if fp32.get("timeline"):
+        print("the entry's fp32 training, step by step (s from its start): "
+              + "; ".join(f"{at:.1f} {step}" for step, at in fp32["timeline"].items()))
     print(f"\ninference, yolov8_n at {args.infer_size} px, batch 8, on {args.device}:")
     print(f"{'images':>7} {'path':10}{'start-up s':>11}{'steady img/s':>14}{'end-to-end img/s':>18}")
     for count in args.infer_images:

@@ -23,11 +23,19 @@ stamp() { echo "[$(el) s] $*" | tee -a $OUT/steps.txt; }
 stamp install
 python3 -m pip install -q --no-index --no-deps --no-cache-dir --target /tmp/site .whl/*.whl > $OUT/install.log 2>&1 || { tail -20 $OUT/install.log; exit 1; }
 export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1
+# Bytecode for the carried stack, beside the mmcv build (pip's --no-compile keeps the install
+# quick): else the first process to import a module compiles it, and the entry's Ray workers,
+# which start side by side, each compile what they import; the 2026-11-26 start-up figures
+# carry that bias. A user's image is installed with bytecode (pip's default).
+python3 -m compileall -q -j 0 /tmp/site > $OUT/compileall.log 2>&1 &
+BYTECODE=$!
 stamp mmcv-build
 cd /tmp && tar xzf $REPO/.whl/mmcv-2.0.1.tar.gz && sed -i 's/-std=c++14/-std=c++17/g' mmcv-2.0.1/setup.py && cd mmcv-2.0.1
 MMCV_WITH_OPS=1 FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=${ARCH:-9.0} MAX_JOBS=16 timeout 360 python3 setup.py build_ext --inplace > $OUT/mmcv-build.log 2>&1
 rc=$?; stamp "mmcv-build rc=$rc"; [ $rc = 0 ] || { tail -30 $OUT/mmcv-build.log; exit 1; }
 export PYTHONPATH=/tmp/mmcv-2.0.1:$PYTHONPATH
+python3 -m compileall -q -j 0 /tmp/mmcv-2.0.1/mmcv >> $OUT/compileall.log 2>&1
+wait $BYTECODE; stamp "bytecode compiled (compileall rc=$?: a file or two of Python 2 in a package is no matter)"
 cd $REPO
 python3 -c "import mmcv.ops, mmdet.models, mmyolo, ray.train, ray.data, ray_app; import torch; from mmcv.ops import nms; print('nms on cuda', nms(torch.rand(4,4).cuda()*10+torch.tensor([0,0,10,10]).cuda(), torch.rand(4).cuda(), 0.5)[1])" 2>&1 | tail -3
 stamp gpu-check

@@ -47,6 +47,16 @@ from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 SUMMARY = re.compile(r"training: (\d+) iterations, median ([0-9.]+) s per iteration")
 #: the data-loading time in the Runner's log lines (the mean over the logger's interval)
 DATA_TIME = re.compile(r"data_time: ([0-9.]+)")
+#: the entry's training run, step by step: (a line's marker, the step it ends), in the order they
+#: happen; ``executor`` records the seconds from the process's start to each step's first line
+TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
+            ("INFO ray_app.train.task: training ", "Ray is up, the config is built"),
+            ("Attempting to start training worker group", "Ray Train's controller is up"),
+            ("Setting up process group", "the worker's process is up (torch.distributed next)"),
+            ("Ray Train worker on node", "the worker's adapter runs (mmengine's Runner next)"),
+            ("Epoch(train)", "first logged iterations"),
+            (" iterations, median ", "training done (the iteration summary)"),
+            ("task done", "stages written, task done"))
 
 
 def cpu_seconds() -> float:
@@ -109,21 +119,32 @@ def plain_process(work: Path, data, config: dict, log_interval: int) -> dict:
 
 
 def executor(work: Path, data, config: dict, workers: int, log_interval: int) -> dict:
-    """The real entry; the median iteration time from rank 0's summary line."""
+    """The real entry; the median iteration time from rank 0's summary line, and its
+    ``timeline``: seconds from the process's start to the first line of each ``TIMELINE`` step,
+    as each line reaches this process (the log's own timestamps have one-second resolution)."""
     env_file = write_task(work, data, run_training=True,
                           config={**config, "cpu_num_workers": workers,
                                   "cfg_options": f"default_hooks.logger.interval={log_interval}"})
     start, cpu = time.perf_counter(), cpu_seconds()
-    proc = subprocess.run([sys.executable, "-m", "ray_app"], env={**os.environ, "YMIR_ENV_FILE": str(env_file)},
-                          capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"})
+    lines, timeline = [], {}
+    for line in proc.stdout:
+        lines.append(line)
+        for marker, step in TIMELINE:
+            if step not in timeline and marker in line:
+                timeline[step] = round(time.perf_counter() - start, 2)
+    code = proc.wait()
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    if proc.returncode != 0:
-        sys.exit(proc.stderr[-3000:])
-    iterations, iter_s = SUMMARY.search(proc.stdout + proc.stderr).groups()
-    data_times = [float(t) for t in DATA_TIME.findall(proc.stdout + proc.stderr)]
+    log = "".join(lines)
+    if code != 0:
+        sys.exit(log[-3000:])
+    iterations, iter_s = SUMMARY.search(log).groups()
+    data_times = [float(t) for t in DATA_TIME.findall(log)]
     result = yaml.safe_load((work / "out" / "models" / "result.yaml").read_text())
     return {"wall_s": wall, "cpu_s": cpu, "iterations": int(iterations), "iter_s_median": float(iter_s),
-            "data_s_median": statistics.median(data_times) if data_times else None, "mAP": result["mAP"]}
+            "data_s_median": statistics.median(data_times) if data_times else None, "mAP": result["mAP"],
+            "timeline": {**dict(sorted(timeline.items(), key=lambda kv: kv[1])), "process ended": round(wall, 2)}}
 
 
 def main() -> None:
@@ -159,8 +180,13 @@ def main() -> None:
         if args.workers > 1:
             runs[f"Ray Train, {args.workers} workers"] = [executor(work / "multi", data, config, args.workers,
                                                                    args.log_interval)]
-    rows = {name: {key: statistics.median(r[key] for r in results) for key in results[0]}
-            for name, results in runs.items()}
+    rows = {name: {key: statistics.median(r[key] for r in results) for key, value in results[0].items()
+                   if isinstance(value, (int, float))} for name, results in runs.items()}
+    for name, results in runs.items():  # the entry's start-up, step by step: each step's median
+        if "timeline" in results[0]:
+            rows[name]["timeline"] = {step: statistics.median(r["timeline"][step] for r in results
+                                                              if step in r["timeline"])
+                                      for step in results[0]["timeline"]}
     plain, ray1 = rows["plain Runner"], rows["Ray Train, 1 worker"]
     overhead = ray1["iter_s_median"] / plain["iter_s_median"] - 1
     pairs = [r["iter_s_median"] / p["iter_s_median"] - 1
@@ -181,6 +207,9 @@ def main() -> None:
           f"{', '.join(f'{100 * p:+.0f}%' for p in pairs)})")
     print(f"fixed cost (wall outside the iterations) over the plain Runner: {fixed:.1f} s in this process, "
           f"{fixed_process:.1f} s over its own process")
+    print("\nthe entry (Ray Train, 1 worker), step by step, s from the process's start (medians):")
+    for step, at in ray1["timeline"].items():
+        print(f"  {at:7.2f}  {step}")
     path = save("train", {"args": vars(args), "medians": rows, "runs": runs, "per_iteration_overhead": overhead,
                           "per_iteration_overhead_pairs": pairs, "fixed_startup_s": fixed,
                           "fixed_startup_over_plain_process_s": fixed_process})

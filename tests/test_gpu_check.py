@@ -28,6 +28,11 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
         assert step in steps and "skipped" not in steps[step], (step, steps.get(step))
     for run in ("train plain Runner fp32", "train entry fp32", "train entry AMP"):
         assert steps[run]["iterations"] == 8 and steps[run]["iter_s_median"] > 0
+    # the entry's training start-up, step by step, in the order the steps happen
+    timeline = steps["train entry fp32"]["timeline"]
+    assert list(timeline)[0] == "driver asks Ray to start" and list(timeline)[-1] == "process ended", timeline
+    assert list(timeline.values()) == sorted(timeline.values())
+    assert {"Ray Train's controller is up", "first logged iterations"} <= set(timeline)
     assert set(steps["infer 24"]) == {"ray_app", "original"}
     assert all(row["steady_images_per_s"] > 0 for row in steps["infer 24"].values())
     assert "process ended" in steps["start-up timeline"]

@@ -187,3 +187,39 @@ def test_a_config_with_no_python_form_is_a_recorded_config_error(tmp_path, sampl
     bad = TrainingOutputs(env, 1, {}, "yolov8_n_config.py", Config(dict(model=dict(type=object()))))
     code, message, trace = bad.fatal()
     assert code == 300001 and "cannot be written as a Python file" in message and "SyntaxError" in trace
+
+
+@pytest.mark.parametrize("local", [True, False])
+def test_the_controller_gets_the_executor_choices(tmp_path, local):
+    """What ``YmirTorchTrainer`` hands Ray Train's controller, from the arguments Ray Train
+    itself builds: our failure policy always; on a local Ray no placement-group cleaner and no
+    autoscaling coordinator (``LocalScalingPolicy``); no ``DatasetsCallback`` while no Ray
+    Dataset is given (its ``DatasetManager`` actor would serve nothing). The training runs of
+    this file go through the same method."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.execution.failure_handling import create_failure_policy
+    from ray.train.v2._internal.execution.scaling_policy import create_scaling_policy
+    from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+
+    from ray_app.train.failures import StopOnRecordedFailure
+    from ray_app.train.trainer import LOCAL_RAY_SKIPS, LocalScalingPolicy, YmirTorchTrainer
+
+    trainer = YmirTorchTrainer(lambda config: None, outputs=None, local_ray=local,
+                               scaling_config=ScalingConfig(num_workers=1),
+                               run_config=RunConfig(storage_path=str(tmp_path)))
+
+    def kwargs() -> dict:
+        return trainer.controller_kwargs(dict(
+            scaling_policy=create_scaling_policy(trainer.scaling_config),
+            failure_policy=create_failure_policy(trainer.run_config.failure_config),
+            callbacks=trainer._create_default_callbacks()))
+
+    given = kwargs()
+    kinds = {type(callback) for callback in given["callbacks"]}
+    assert isinstance(given["failure_policy"], StopOnRecordedFailure)
+    assert type(given["scaling_policy"]) is (LocalScalingPolicy if local else FixedScalingPolicy)
+    assert DatasetsCallback not in kinds
+    assert bool(kinds & set(LOCAL_RAY_SKIPS)) is not local  # a joined cluster keeps the cleaner
+    trainer.datasets = {"train": object()}  # a trainer given Ray Datasets (the attribute Ray Train reads)
+    assert DatasetsCallback in {type(callback) for callback in kwargs()["callbacks"]}

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
 
 from ray_app.train.failures import StopOnRecordedFailure
 
@@ -25,19 +27,43 @@ from ray_app.train.failures import StopOnRecordedFailure
 LOCAL_RAY_SKIPS = (PlacementGroupCleanerCallback,)
 
 
+class LocalScalingPolicy(FixedScalingPolicy):
+    """Ray Train's fixed-size policy without its AutoscalingCoordinator, for a local Ray.
+
+    The fixed policy registers the workers' resources with Ray Data's autoscaling coordinator,
+    an actor it creates (a Python process of its own that imports Ray Train and Ray Data: about
+    1 s of CPU while the worker starts, on 2 cores), and asks it again at every turn of the
+    controller's loop, so that a cluster autoscaler keeps the nodes. A local Ray is this
+    container alone, which nothing scales. Joined clusters keep Ray Train's policy."""
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        """No resource request: nothing autoscales a local Ray (the coordinator is never created)."""
+
+    def _maybe_send_resource_request(self) -> None:
+        """As :meth:`after_controller_start`. Cancelling a request never sent is already a no-op."""
+
+
 class YmirTorchTrainer(TorchTrainer):
     """``TorchTrainer`` whose controller gets :class:`~ray_app.train.failures.StopOnRecordedFailure`
-    as its failure policy and, on a local Ray (``local_ray``), none of :data:`LOCAL_RAY_SKIPS`."""
+    as its failure policy; on a local Ray (``local_ray``) none of :data:`LOCAL_RAY_SKIPS` and the
+    :class:`LocalScalingPolicy`; with no Ray Datasets (the executor gives none: the workers read
+    COCO files with mmengine's own loader), no ``DatasetsCallback``, which would start a
+    ``DatasetManager`` actor (one more process) to serve dataset shards no worker asks for."""
 
     def __init__(self, *args: Any, outputs: Any, local_ray: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._outputs = outputs
         self._local_ray = local_ray
 
+    def controller_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The controller's arguments as Ray Train built them, with this class's choices."""
+        skips = (LOCAL_RAY_SKIPS if self._local_ray else ()) + (() if self.datasets else (DatasetsCallback,))
+        policy = kwargs["scaling_policy"]
+        if self._local_ray and type(policy) is FixedScalingPolicy:
+            policy = LocalScalingPolicy(scaling_config=policy.scaling_config)
+        return {**kwargs, "failure_policy": StopOnRecordedFailure(self.run_config.failure_config, self._outputs),
+                "scaling_policy": policy,
+                "callbacks": [callback for callback in kwargs["callbacks"] if not isinstance(callback, skips)]}
+
     def _initialize_and_run_controller(self, **controller_init_kwargs: Any):
-        controller_init_kwargs["failure_policy"] = StopOnRecordedFailure(self.run_config.failure_config,
-                                                                         self._outputs)
-        if self._local_ray:
-            controller_init_kwargs["callbacks"] = [callback for callback in controller_init_kwargs["callbacks"]
-                                                   if not isinstance(callback, LOCAL_RAY_SKIPS)]
-        return super()._initialize_and_run_controller(**controller_init_kwargs)
+        return super()._initialize_and_run_controller(**self.controller_kwargs(controller_init_kwargs))
