@@ -14,6 +14,8 @@ a run cut short keeps what it measured; ``--deadline-s`` skips the steps that no
    (``init_detector`` + ``inference_detector`` one image at a time) at each ``--infer-images``,
    one whole process each; the entry's start-up step by step; the model's batched forward
    limit (``bench/infer_bench.py``'s ``FORWARD``); mining + infer in one pass (``--algorithm``).
+3. **a NaN under AMP**: the entry with ``amp: true`` on a run that diverges after its first
+   validation must end with 300201 and keep that stage (issue 14).
 Targets on a GPU (issue 14): Ray Train's overhead <= 5 % per iteration; AMP >= 1.3x faster per
 iteration than fp32; the inference steady rate >= 80 % of the batched forward; end to end not
 slower than the original from 300 images (issue 16).
@@ -23,17 +25,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.common import RESULTS, machine  # noqa: E402
 from bench.infer_bench import compare, train_stage  # noqa: E402
 from bench.train_bench import bench_config, executor, plain_runner  # noqa: E402
-from ray_app.data.sample import make_dataset  # noqa: E402
+from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
 #: the check's sizes on a GPU and, for testing the command, on the CPU
 SIZES = {
@@ -56,6 +62,22 @@ class Results:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=2, default=str) + "\n")
         print(f"[{self.data['elapsed_s']:6.1f} s] {step}: {json.dumps(value)[:400]}", flush=True)
+
+
+def nan_after_a_stage(work: Path, data, config: dict) -> dict:
+    """The entry on a run that diverges after its first validation (yolov5's scheduler raises
+    the learning rate by ``lr_factor`` 1e12 along 2 epochs, as ``tests/test_training.py`` does
+    on the CPU): with AMP on a GPU it must still end with 300201 and keep the first stage."""
+    config = {**config, "model_name": "yolov5_n", "max_epochs": 2, "val_interval": 1,
+              "cfg_options": "default_hooks.param_scheduler.lr_factor=1e12"}
+    env_file = write_task(work, data, run_training=True, config=config)
+    proc = subprocess.run([sys.executable, "-m", "ray_app"], env={**os.environ, "YMIR_ENV_FILE": str(env_file)},
+                          capture_output=True, text=True)
+    monitor = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
+    result = work / "out" / "models" / "result.yaml"
+    stages = list(yaml.safe_load(result.read_text())["model_stages"]) if result.is_file() else []
+    return {"returncode": proc.returncode, "monitor": monitor[3:6], "stages_kept": stages,
+            "met": proc.returncode == 1 and monitor[4:5] == ["300201"] and stages == ["epoch_1"]}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -124,6 +146,10 @@ def main() -> None:
                     results.keep(f"mining {args.algorithm} + infer",
                                  stage.ours("mining", count, also_infer=True, mining_algorithm=args.algorithm))
 
+        if fits("train entry AMP, NaN after a stage"):  # last: a check of behaviour, not a figure
+            results.keep("train entry AMP, NaN after a stage",
+                         nan_after_a_stage(work / "nan", data, {**config, **device, "amp": True}))
+
     steps = results.data["steps"]
     plain, fp32, amp = (steps.get(k, {}) for k in ("train plain Runner fp32", "train entry fp32", "train entry AMP"))
     forward = steps.get("forward limit", {}).get("images_per_s")
@@ -158,6 +184,9 @@ def main() -> None:
     if mining.get("steady_images_per_s"):
         print(f"{'':>7} {'mining+inf':10}{mining['startup_s']:>11.1f}{mining['steady_images_per_s']:>14.2f}"
               f"{mining['end_to_end_images_per_s']:>18.2f}")
+    nan = steps.get("train entry AMP, NaN after a stage", {})
+    if "met" in nan:
+        summary["amp_nan_ends_300201_with_stage_kept"] = nan["met"]
     print(f"forward limit: {forward} images/s; summary: {json.dumps(summary)}")
     results.keep("summary", summary)
     print(f"results: {results.path}")

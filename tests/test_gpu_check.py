@@ -15,7 +15,7 @@ from conftest import REPO
 pytestmark = pytest.mark.slow
 
 STEPS = ("train plain Runner fp32", "train entry fp32", "train entry AMP", "infer 24", "start-up timeline",
-         "forward limit", "mining aldd + infer")
+         "forward limit", "mining aldd + infer", "train entry AMP, NaN after a stage")
 
 
 def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
@@ -37,6 +37,7 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert all(row["steady_images_per_s"] > 0 for row in steps["infer 24"].values())
     assert "process ended" in steps["start-up timeline"]
     assert steps["forward limit"]["images_per_s"] > 0
+    assert steps["train entry AMP, NaN after a stage"]["met"], steps["train entry AMP, NaN after a stage"]
     summary = steps["summary"]
     assert summary["ray_train_overhead_per_iteration"] > 0 and summary["amp_speedup_per_iteration"] > 0
     assert "Ray Train per iteration" in proc.stdout and "ray_app" in proc.stdout

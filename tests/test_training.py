@@ -135,6 +135,26 @@ def test_nan_loss_stops_with_300201(tmp_path, sample):
     assert "[FailurePolicy] RETRY" not in run.output  # Ray Train did not restart the workers
 
 
+def test_nan_loss_after_a_stage_keeps_the_stage(tmp_path, sample):
+    """A run that diverges after its first validation still ends with 300201 at once, and the
+    stage published before is kept, listed in result.yaml as the platform reads it. The event
+    is set by the config, not by timing: yolov5's scheduler multiplies the learning rate by
+    ``lr_factor`` (1e12) along the epochs, so the first epoch trains at the template's rate and
+    the second at 1e10 times it."""
+    from conftest import run_entry
+
+    config = {**TRAIN_CONFIG, "model_name": "yolov5_n", "max_epochs": 2, "val_interval": 1, "cpu_num_workers": 1,
+              "cfg_options": "default_hooks.param_scheduler.lr_factor=1e12"}
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config))
+    assert run.returncode == 1, run.output[-3000:]
+    fields = run.monitor()
+    assert fields[3:5] == ["4", "300201"] and "learning_rate" in fields[5], fields
+    assert "[FailurePolicy] RETRY" not in run.output
+    result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
+    assert list(result["model_stages"]) == ["epoch_1"], result
+    assert all((run.out / "models" / "epoch_1" / name).is_file() for name in result["model_stages"]["epoch_1"]["files"])
+
+
 @pytest.mark.parametrize(("option", "stage", "cause"), [
     ("model.backbone.type=NoSuchBackbone", "building the mmengine Runner for yolov8_n failed", "KeyError"),
     ("train_dataloader.dataset.ann_file=/no/such/train.json", "preparing training", "FileNotFoundError"),

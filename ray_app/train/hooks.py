@@ -1,8 +1,13 @@
-"""The mmengine hook that connects a Runner inside a Ray Train worker to YMIR and Ray.
+"""The mmengine hooks that connect a Runner inside a Ray Train worker to YMIR and Ray, one job each.
 
-At every validation it (on rank 0) turns the checkpoint mmengine just saved into a
-weights-only YMIR stage sent to the driver, and (on all ranks) reports to Ray Train, with
-the resume state as a Ray checkpoint so a restarted worker group resumes from it.
+The Ray Train adapter is ``PublishStages``: at every validation it (on rank 0) turns the
+checkpoint mmengine just saved into a weights-only YMIR stage sent to the driver, and (on all
+ranks) reports to Ray Train, with the resume state as a Ray checkpoint so a restarted worker
+group resumes from it. Beside it (``ymir_hooks``): a non-finite loss ends the run with 300201
+(``StopOnNonFiniteLoss``), rank 0 reports progress (``ReportProgress``), ships the TensorBoard
+files (``ShipTensorboard``) and logs the run's speed (``LogIterationTimes``). Two more run
+before them: ``IterationsStarted`` (errors before the first iteration are build errors) and
+``FitStartingWeights`` (COCO or other-class weights fitted to this model).
 """
 
 from __future__ import annotations
@@ -79,25 +84,22 @@ class FitStartingWeights(Hook):
             runner.logger.warning(fit_message(replaced, checkpoint["state_dict"], model_state))
 
 
-class YmirTrainHook(Hook):
-    """See the module docstring. Registered with the LOWEST priority, so it sees the
-    checkpoint after the EMA hook swapped the averaged weights in, and the metrics after
-    every evaluator finished."""
+def is_rank0() -> bool:
+    """Rank 0 of the Ray Train worker group: the one that writes for the whole group."""
+    return ray.train.get_context().get_world_rank() == 0
 
-    priority = "LOWEST"
 
-    def __init__(self, outputs: Any, tensorboard_dir: Path, saved_file_patterns: tuple[str, ...] = (),
-                 progress_interval_s: float = 2.0) -> None:
+class StopOnNonFiniteLoss(Hook):
+    """A training loss that is no longer finite (NaN, inf) ends the run at once with 300201.
+
+    The failure is recorded with the outputs actor before the error is raised, so that Ray
+    Train's failure policy (``failures.StopOnRecordedFailure``) stops instead of restarting the
+    workers: a restart resumes the same diverging run. The stages published before stay (the
+    outputs actor wrote each with result.yaml when it came). Under AMP the loss mmengine hands
+    the hooks is the unscaled one, so the check is the same."""
+
+    def __init__(self, outputs: Any) -> None:
         self.outputs = outputs
-        self.tensorboard_dir = Path(tensorboard_dir)
-        self.saved_file_patterns = [re.compile(p) for p in saved_file_patterns]
-        self.progress_interval_s = progress_interval_s
-        self._last_progress = 0.0
-        self._checkpoint: dict[str, Any] | None = None
-
-    @staticmethod
-    def _is_rank0() -> bool:
-        return ray.train.get_context().get_world_rank() == 0
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         loss = (outputs or {}).get("loss")
@@ -107,10 +109,61 @@ class YmirTrainHook(Hook):
                                                   f"{runner.iter + 1}; try a smaller learning_rate")
             ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
             raise error
+
+
+class ReportProgress(Hook):
+    """Rank 0 tells the outputs actor how far training is (for monitor.txt), at most once
+    every ``interval_s``: a remote call per iteration would cost more than it tells."""
+
+    def __init__(self, outputs: Any, interval_s: float = 2.0) -> None:
+        self.outputs = outputs
+        self.interval_s = interval_s
+        self._last = 0.0
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
         now = time.monotonic()
-        if self._is_rank0() and now - self._last_progress >= self.progress_interval_s:
-            self._last_progress = now
+        if now - self._last >= self.interval_s and is_rank0():
+            self._last = now
             self.outputs.progress.remote((runner.iter + 1) / runner.max_iters)
+
+
+class ShipTensorboard(Hook):
+    """Rank 0 copies the TensorBoard event files it wrote (``tensorboard_dir``) to the outputs
+    actor after every validation and at the end, so that /out has them while training goes on."""
+
+    def __init__(self, outputs: Any, tensorboard_dir: Path) -> None:
+        self.outputs = outputs
+        self.tensorboard_dir = Path(tensorboard_dir)
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        if is_rank0():
+            self._ship(runner)
+
+    def after_train(self, runner) -> None:
+        if is_rank0():
+            self._ship(runner)
+
+    def _ship(self, runner) -> None:
+        for backend in getattr(runner.visualizer, "_vis_backends", {}).values():
+            writer = getattr(backend, "_tensorboard", None)
+            if writer is not None:
+                writer.flush()
+        files = {str(p.relative_to(self.tensorboard_dir)): p.read_bytes()
+                 for p in self.tensorboard_dir.rglob("*") if p.is_file()}
+        if files:
+            ray.get(self.outputs.tensorboard.remote(files))
+
+
+class PublishStages(Hook):
+    """The Ray Train adapter, at mmengine's own checkpoint event: see the module docstring.
+
+    Registered with the LOWEST priority, so it sees the checkpoint after the EMA hook swapped
+    the averaged weights in, and the metrics after every evaluator finished."""
+
+    def __init__(self, outputs: Any, saved_file_patterns: tuple[str, ...] = ()) -> None:
+        self.outputs = outputs
+        self.saved_file_patterns = [re.compile(p) for p in saved_file_patterns]
+        self._checkpoint: dict[str, Any] | None = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         self._checkpoint = dict(checkpoint)  # rank 0 only: mmengine saves on the master
@@ -121,10 +174,9 @@ class YmirTrainHook(Hook):
         checkpoint, self._checkpoint = self._checkpoint, None
         with tempfile.TemporaryDirectory() as tmp:
             ray_checkpoint = None
-            if self._is_rank0() and checkpoint is not None:
+            if is_rank0() and checkpoint is not None:
                 stage = to_bytes(stage_checkpoint(checkpoint))
                 ray.get(self.outputs.publish.remote(epoch, mAP, stage, self._extra_files(runner)))
-                self._ship_tensorboard(runner)
                 (Path(tmp) / RESUME_FILE).write_bytes(to_bytes(resume_checkpoint(checkpoint)))
                 ray_checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report({"epoch": epoch, "mAP": mAP}, checkpoint=ray_checkpoint)
@@ -135,13 +187,6 @@ class YmirTrainHook(Hook):
                                                    timeout_s=REGISTER_TIMEOUT_S)
             print(f"[rank 0] epoch {epoch}: resume checkpoint registered with Ray Train", flush=True)
             pause_point("resume_checkpoint_registered", epoch=epoch)
-
-    def after_train(self, runner) -> None:
-        if self._is_rank0():
-            speed = iteration_times(runner)
-            if speed:
-                print(f"[rank 0] training: {speed[0]} iterations, median {speed[1]:.4f} s per iteration", flush=True)
-            self._ship_tensorboard(runner)
 
     def _extra_files(self, runner) -> dict[str, bytes]:
         """Files of the work dir whose name one of ``ymir_saved_file_patterns`` finds (``re.search``,
@@ -155,12 +200,19 @@ class YmirTrainHook(Hook):
                 found[path.name] = path.read_bytes()
         return found
 
-    def _ship_tensorboard(self, runner) -> None:
-        for backend in getattr(runner.visualizer, "_vis_backends", {}).values():
-            writer = getattr(backend, "_tensorboard", None)
-            if writer is not None:
-                writer.flush()
-        files = {str(p.relative_to(self.tensorboard_dir)): p.read_bytes()
-                 for p in self.tensorboard_dir.rglob("*") if p.is_file()}
-        if files:
-            ray.get(self.outputs.tensorboard.remote(files))
+
+class LogIterationTimes(Hook):
+    """Rank 0 logs the run's speed in one line at the end (:func:`iteration_times`)."""
+
+    def after_train(self, runner) -> None:
+        speed = iteration_times(runner) if is_rank0() else None
+        if speed:
+            print(f"[rank 0] training: {speed[0]} iterations, median {speed[1]:.4f} s per iteration", flush=True)
+
+
+def ymir_hooks(outputs: Any, tensorboard_dir: Path, saved_file_patterns: tuple[str, ...] = ()) -> list[Hook]:
+    """The hooks that connect a worker's Runner to YMIR and Ray Train, one job each, in the
+    order they run at the same event (the worker registers them with the LOWEST priority:
+    after mmengine's logger, EMA and evaluators)."""
+    return [StopOnNonFiniteLoss(outputs), ReportProgress(outputs), ShipTensorboard(outputs, tensorboard_dir),
+            PublishStages(outputs, saved_file_patterns), LogIterationTimes()]

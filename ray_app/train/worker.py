@@ -16,7 +16,7 @@ from mmengine.runner import Runner
 
 from ray_app.train.config import set_dataset
 from ray_app.train.failures import peer_gone, record_fatal
-from ray_app.train.hooks import RESUME_FILE, FitStartingWeights, IterationsStarted, YmirTrainHook
+from ray_app.train.hooks import RESUME_FILE, FitStartingWeights, IterationsStarted, ymir_hooks
 from ray_app.train.staging import stage_dataset
 
 
@@ -133,7 +133,8 @@ def train_worker(config: dict[str, Any]) -> None:
     started = IterationsStarted()
     runner.register_hook(started)
     runner.register_hook(FitStartingWeights())
-    runner.register_hook(YmirTrainHook(spec.outputs, tensorboard_dir, spec.saved_file_patterns), priority="LOWEST")
+    for hook in ymir_hooks(spec.outputs, tensorboard_dir, spec.saved_file_patterns):
+        runner.register_hook(hook, priority="LOWEST")
     try:
         runner.train()
     except Exception as error:
