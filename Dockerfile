@@ -33,7 +33,8 @@ ENV TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126 TORCH_CUDA_ARCH_LIST=
 
 FROM ${CUDA_BUILD}
 ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 PYTHONUNBUFFERED=1 \
-    VENV=/opt/venv PATH=/opt/venv/bin:$PATH RAY_APP_CACHE=/tmp/ray_app-cache FORCE_CUDA=1
+    VENV=/opt/venv PATH=/opt/venv/bin:$PATH RAY_APP_CACHE=/tmp/ray_app-cache FORCE_CUDA=1 \
+    RAY_USAGE_STATS_ENABLED=0
 RUN apt-get update && apt-get install -y --no-install-recommends software-properties-common curl git \
         libgl1 libglib2.0-0 build-essential ninja-build \
     && add-apt-repository -y ppa:deadsnakes/ppa && apt-get update \

@@ -181,3 +181,12 @@ def test_the_image_bakes_coco_weights_from_the_metafiles():
     assert "COCO_WEIGHTS" not in text
     assert re.search(r"^ARG COCO_MODELS=all$", text, re.MULTILINE)
     assert 'python -m ray_app.model_config.weights download --models "${COCO_MODELS}" --to /weights' in text
+
+
+def test_ray_in_the_image_never_reports_usage():
+    """``ray start`` reports usage statistics to Ray's makers by default (``ray.init`` of a
+    release does not: ``tests/test_ray_session.py``). Operators start Ray nodes from this image
+    too (KubeRay pods, ``ray up``), and the executor never reaches the network at run time:
+    the image turns the reports off for every process in it."""
+    _, stages = parse(DOCKERFILE.read_text())
+    assert stages[-1].env.get("RAY_USAGE_STATS_ENABLED") == "0", stages[-1].env
