@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench.common import RESULTS, machine  # noqa: E402
 from bench.infer_bench import compare, train_stage  # noqa: E402
+from bench.scaling_bench import run_entry  # noqa: E402
 from bench.train_bench import bench_config, executor, plain_runner  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 
@@ -70,14 +69,12 @@ def nan_after_a_stage(work: Path, data, config: dict) -> dict:
     on the CPU): with AMP on a GPU it must still end with 300201 and keep the first stage."""
     config = {**config, "model_name": "yolov5_n", "max_epochs": 2, "val_interval": 1,
               "cfg_options": "default_hooks.param_scheduler.lr_factor=1e12"}
-    env_file = write_task(work, data, run_training=True, config=config)
-    proc = subprocess.run([sys.executable, "-m", "ray_app"], env={**os.environ, "YMIR_ENV_FILE": str(env_file)},
-                          capture_output=True, text=True)
+    code, _, _ = run_entry(write_task(work, data, run_training=True, config=config))
     monitor = (work / "out" / "monitor.txt").read_text().splitlines()[0].split("\t")
     result = work / "out" / "models" / "result.yaml"
     stages = list(yaml.safe_load(result.read_text())["model_stages"]) if result.is_file() else []
-    return {"returncode": proc.returncode, "monitor": monitor[3:6], "stages_kept": stages,
-            "met": proc.returncode == 1 and monitor[4:5] == ["300201"] and stages == ["epoch_1"]}
+    return {"returncode": code, "monitor": monitor[3:6], "stages_kept": stages,
+            "met": code == 1 and monitor[4:5] == ["300201"] and stages == ["epoch_1"]}
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from bench.scaling_bench import REPO, entry_env, run_entry, startup_s, steady_rate, train_model  # noqa: E402
+from bench.scaling_bench import entry_timeline, run_entry, startup_s, steady_rate, train_model  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 from ray_app.mining import ALGORITHMS  # noqa: E402
 
@@ -190,19 +190,10 @@ class Stage:
         """The entry's start-up, step by step: seconds from the process's start to each
         ``TIMELINE`` line, as each line reaches this process (the log's own timestamps have
         one-second resolution), then the process's end."""
-        env = entry_env(self.task(f"timeline-{count}", count))
-        start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        seen: dict[str, float] = {}
-        for line in proc.stdout:
-            for marker, step in TIMELINE:
-                if step not in seen and marker.format(n=count) in line:
-                    seen[step] = round(time.monotonic() - start, 2)
-        assert proc.wait() == 0
-        steps = sorted((at, step) for step, at in seen.items())
-        steps.append((round(time.monotonic() - start, 2), "process ended"))
-        return steps
+        code, log, wall, seen = entry_timeline(self.task(f"timeline-{count}", count),
+                                               tuple((marker.format(n=count), step) for marker, step in TIMELINE))
+        assert code == 0, log[-3000:]
+        return sorted((at, step) for step, at in seen.items()) + [(round(wall, 2), "process ended")]
 
 
 def train_stage(work: Path, images: int, size: int, gpu: bool, image_size: int | None = None) -> Stage:

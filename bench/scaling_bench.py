@@ -50,6 +50,23 @@ def run_entry(env_file: Path) -> tuple[int, str, float]:
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start
 
 
+def entry_timeline(env_file: Path, markers: tuple[tuple[str, str], ...]) -> tuple[int, str, float, dict[str, float]]:
+    """``run_entry`` that also times the entry step by step: for each ``(marker, step)`` the
+    seconds from the process's start to the first line holding ``marker``, as each line reaches
+    this process (the log's own timestamps have one-second resolution)."""
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=entry_env(env_file), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, seen = [], {}
+    for line in proc.stdout:
+        lines.append(line)
+        for marker, step in markers:
+            if step not in seen and marker in line:
+                seen[step] = round(time.monotonic() - start, 2)
+    code = proc.wait()
+    return code, "".join(lines), time.monotonic() - start, seen
+
+
 def steady_rate(log: str) -> float:
     """Images per second from the driver's first result to its last, as the entry logs it
     (``... first result after S s, then R images/s``), so start-up is not counted."""

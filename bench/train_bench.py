@@ -38,6 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import save  # noqa: E402
+from scaling_bench import entry_timeline  # noqa: E402
 
 from ray_app.data.coco import to_coco  # noqa: E402
 from ray_app.data.index import read_index  # noqa: E402
@@ -125,18 +126,9 @@ def executor(work: Path, data, config: dict, workers: int, log_interval: int) ->
     env_file = write_task(work, data, run_training=True,
                           config={**config, "cpu_num_workers": workers,
                                   "cfg_options": f"default_hooks.logger.interval={log_interval}"})
-    start, cpu = time.perf_counter(), cpu_seconds()
-    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "YMIR_ENV_FILE": str(env_file), "PYTHONUNBUFFERED": "1"})
-    lines, timeline = [], {}
-    for line in proc.stdout:
-        lines.append(line)
-        for marker, step in TIMELINE:
-            if step not in timeline and marker in line:
-                timeline[step] = round(time.perf_counter() - start, 2)
-    code = proc.wait()
-    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    log = "".join(lines)
+    cpu = cpu_seconds()
+    code, log, wall, timeline = entry_timeline(env_file, TIMELINE)
+    cpu = cpu_seconds() - cpu
     if code != 0:
         sys.exit(log[-3000:])
     iterations, iter_s = SUMMARY.search(log).groups()

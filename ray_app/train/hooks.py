@@ -51,6 +51,11 @@ def iteration_times(runner: Runner, warmup: int = 5) -> tuple[int, float] | None
     return len(times), statistics.median(times[warmup:])
 
 
+def is_rank0() -> bool:
+    """Rank 0 of the Ray Train worker group: the one that writes for the whole group."""
+    return ray.train.get_context().get_world_rank() == 0
+
+
 class IterationsStarted(Hook):
     """Notes that a training iteration completed: until then an error comes from building
     the run (datasets, weights, a shape the network cannot take), which no restart fixes."""
@@ -80,13 +85,8 @@ class FitStartingWeights(Hook):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         model_state = model.state_dict()
         replaced = fit_to_model(checkpoint["state_dict"], model_state)
-        if replaced and ray.train.get_context().get_world_rank() == 0:
+        if replaced and is_rank0():
             runner.logger.warning(fit_message(replaced, checkpoint["state_dict"], model_state))
-
-
-def is_rank0() -> bool:
-    """Rank 0 of the Ray Train worker group: the one that writes for the whole group."""
-    return ray.train.get_context().get_world_rank() == 0
 
 
 class StopOnNonFiniteLoss(Hook):
