@@ -6,10 +6,11 @@ Trust decisions, deliberately:
   numbers, strings, lists, tuples and dicts. mmengine's message hub (``HistoryBuffer``
   objects, numpy arrays and a pickled ``getattr``) is dropped from resume state: the
   loss-smoothing windows restart after a resume, nothing else changes.
-- Files from ``/in/models`` (the user's, or foreign mmyolo checkpoints) are read with
-  ``weights_only=True``, or, for full mmengine checkpoints, with an allowlist unpickler:
-  tensors, dtypes, plain containers and numpy arrays; mmengine's ``HistoryBuffer`` and the
-  ``getattr`` it pickles become inert stand-ins. Any other global is refused (error 300004).
+- Files from ``/in/models`` (the user's, or foreign mmyolo checkpoints) are read only by
+  torch's restricted unpickler (``weights_only=True``), whatever their format (zip or
+  legacy), with :data:`SAFE_GLOBALS` allowed beside torch's own: numpy arrays and scalars,
+  plain containers, and mmengine's ``HistoryBuffer`` and the ``getattr`` it pickles as inert
+  stand-ins. Any other global is refused (error 300004).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import io
 import os
 import pickle
 import re
-import types
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,9 @@ def _no_getattr(obj: Any, name: str) -> None:
 
 
 def _allowlist() -> dict[str, Any]:
-    """``module.name`` -> object: tensors, dtypes, plain containers, numpy arrays."""
+    """``module.name`` -> object: what mmengine checkpoints pickle beyond torch's own safe
+    globals (tensors, dtypes, ``OrderedDict``): numpy arrays and scalars, a few builtin
+    containers, and inert stand-ins for the message hub's objects."""
     import torch._utils as torch_utils
 
     allowed: dict[str, Any] = {
@@ -72,48 +75,53 @@ def _allowlist() -> dict[str, Any]:
     return allowed
 
 
-class _AllowlistUnpickler(pickle.Unpickler):
-    """Resolves only the globals of :func:`_allowlist`; anything else stops the load."""
+#: ``(object, "module.name")`` pairs for ``torch.serialization.safe_globals``: the names a
+#: checkpoint may hold beyond torch's defaults, each resolved to the object given (a stand-in
+#: for the message hub's). torch's restricted unpickler resolves these and nothing else.
+SAFE_GLOBALS = [(obj, name) for name, obj in _allowlist().items()]
+#: ``safe_globals`` edits one process-wide set on entry and exit: one load at a time, so that
+#: two threads (a model actor's, a driver's preparation) never see each other's half-set list
+_LOAD_LOCK = threading.Lock()
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+#: torch's own lines around the cause of a refused load; one of them advises
+#: ``weights_only=False``, which this executor never does, so none reaches the user
+_TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
-    allowed = _allowlist()
 
-    def find_class(self, module: str, name: str) -> Any:
-        key = f"{module}.{name}"
-        if key in self.allowed:
-            return self.allowed[key]
-        raise pickle.UnpicklingError(f"Unsupported global: {key}")
-
-
-#: a ``pickle_module`` for ``torch.load``: torch only uses its ``Unpickler`` and ``load``
-allowlist_pickle = types.SimpleNamespace(Unpickler=_AllowlistUnpickler, load=pickle.load,
-                                         __name__="ray_app.allowlist_pickle")
+def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
+    """One line for a load torch's restricted unpickler refused: the global it met, else its
+    cause, without torch's surrounding lines."""
+    text = str(error)
+    found = _REFUSED_GLOBAL.search(text)
+    if found:
+        return f"model file {path} was refused: it holds a pickled {found.group(1)}, which is not allowed"
+    causes = []
+    for line in text.splitlines():
+        cause = line.split("WeightsUnpickler error:")[-1].strip()
+        if cause and not cause.startswith(_TORCH_BOILERPLATE):
+            causes.append(cause)
+    return f"model file {path} is damaged or not a PyTorch checkpoint: {'; '.join(causes) or 'refused by the safe loader'}"
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint from ``/in`` or anywhere untrusted, as a dict, without running code.
 
-    First ``weights_only=True`` (torch's own safe loader); for mmengine checkpoints that
-    carry a message hub, ``torch.load`` with our allowlist unpickler, which resolves no
-    global outside :func:`_allowlist` (the message hub's objects become inert stand-ins).
-    ``weights_only=False`` is passed only because torch requires it with a custom
-    ``pickle_module``; no arbitrary global can be reached. Missing, damaged or refused
-    files are error 300004 naming the file.
+    One ``torch.load(weights_only=True)``: torch's restricted unpickler, for zip and legacy
+    files alike, with :data:`SAFE_GLOBALS` allowed (mmengine checkpoints carry a message hub
+    and numpy values). No unrestricted unpickler ever sees the file: an earlier version
+    retried refused files with ``weights_only=False`` and its own ``pickle_module``, whose
+    plain ``pickle.load`` torch calls first on a legacy (non-zip) file, which ran the code in
+    a raw pickle (``tests/test_checkpoints.py::test_raw_pickle_runs_nothing``). Missing,
+    damaged or refused files are error 300004 naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise YmirError(ErrorCode.MODEL, f"model file {path} does not exist")
     try:
-        try:
+        with _LOAD_LOCK, torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False, pickle_module=allowlist_pickle)
     except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: (\S+)", str(e))
-        if not found:  # not a pickle we refused: a file that is no checkpoint at all
-            raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
-                                             f"{str(e).splitlines()[0]}") from None
-        raise YmirError(ErrorCode.MODEL, f"model file {path} was refused: it holds a pickled {found.group(1)}, "
-                                         "which is not allowed") from None
+        raise YmirError(ErrorCode.MODEL, _refusal(path, e)) from None
     except (RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as e:
         raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
                                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

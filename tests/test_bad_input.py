@@ -325,9 +325,8 @@ def drop_tensors(path: Path) -> None:
 MODEL_CASES = {
     "weights-truncated": (lambda m, f: truncate(stage_file(m, f, ".pth")), {},
                           "{weights} is damaged or not a PyTorch checkpoint"),
-    # currently "… was refused: invalid load key, 'n'." (read as a refused pickle; see docs/reliability.md)
     "weights-not-a-checkpoint": (lambda m, f: stage_file(m, f, ".pth").write_text("not weights\n"), {},
-                                 "model file {weights_path}"),
+                                 "{weights_path} is damaged or not a PyTorch checkpoint"),
     "config-damaged": (lambda m, f: stage_file(m, f, ".py").write_text("model = dict(type=\n"), {},
                        "cannot be read"),
     "classes-differ-in-number": (lambda m, f: None, {"class_names": ["square", "disc"]}, "was trained on 3 classes"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 
 import pytest
 import torch
@@ -13,21 +14,40 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 
 
 class Exploit:
-    """Unpickling this runs a command: what a malicious model file would do."""
+    """Unpickling this creates ``marker``: what a malicious model file would do (run a command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
 
     def __reduce__(self):
-        return (os.system, ("touch /tmp/ray_app_pwned",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_is_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit()}, path)
-    if os.path.exists("/tmp/ray_app_pwned"):
-        os.remove("/tmp/ray_app_pwned")
+def _raw_pickle(protocol):
+    return lambda obj, path: path.write_bytes(pickle.dumps(obj, protocol=protocol))
+
+
+#: every way a file can carry a pickle: torch's zip format, its legacy format (which torch
+#: unpickles with the ``pickle_module``'s own ``load`` first) and a bare pickle of any protocol
+WRITERS = {"torch-zip": torch.save,
+           "torch-legacy": lambda obj, path: torch.save(obj, path, _use_new_zipfile_serialization=False),
+           **{f"raw-pickle-{n}": _raw_pickle(n) for n in (2, 4, 5)}}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_malicious_pickle_runs_nothing(tmp_path, writer):
+    """No format reaches an unrestricted unpickler. A raw pickle did until 2026-11-27: the
+    loader retried refused files with ``weights_only=False`` and a ``pickle_module`` whose
+    ``load`` was plain ``pickle.load``, which torch calls first on a file that is no zip."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
+    WRITERS[writer]({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit(marker)}, path)
     with pytest.raises(YmirError) as error:
         load_checkpoint_file(path)
     assert error.value.code == ErrorCode.MODEL and "evil.pth" in error.value.message
-    assert not os.path.exists("/tmp/ray_app_pwned")
+    assert "\n" not in error.value.message and "weights_only" not in error.value.message
+    assert not marker.exists()
+    if writer.startswith("torch"):  # the first global refused is named (in a raw pickle, the tensor's)
+        assert "pickled posix.system, which is not allowed" in error.value.message
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", None])
@@ -38,6 +58,8 @@ def test_damaged_or_missing_file_is_300004(tmp_path, content):
     with pytest.raises(YmirError) as error:
         load_checkpoint_file(path)
     assert error.value.code == ErrorCode.MODEL and "epoch_3.pth" in error.value.message
+    says = "does not exist" if content is None else "is damaged or not a PyTorch checkpoint"
+    assert says in error.value.message and "\n" not in error.value.message
 
 
 def test_truncated_checkpoint_is_300004(tmp_path):
