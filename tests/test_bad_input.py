@@ -368,6 +368,21 @@ def test_weights_that_do_not_fit_the_config(tmp_path, sample, trained):
 
 
 @pytest.mark.slow
+def test_infer_img_size_off_the_model_stride_is_300001(tmp_path, sample, trained):
+    """An img_size the network cannot take (not a multiple of its largest stride, 32 here)
+    is a config error on the driver, not a tensor-shape error in every model actor."""
+    models, files = copy_stage(trained, tmp_path / "models")
+    env_file = write_task(tmp_path / "task", sample, run_mining=True, run_infer=True, models_dir=models,
+                          config=dict(model_params_path=files, img_size=100, cpu_num_workers=1))
+    run = run_entry(env_file)
+    assert run.returncode == 1, run.output[-3000:]
+    code, message = failure_line(run)
+    assert run.monitor()[3:5] == ["4", "300001"] and code == 300001, (run.monitor(), message)
+    assert "img_size 100" in message and "multiple of 32 (e.g. 96 or 128)" in message, message
+    assert "model actor" not in run.output and out_files(run.out) == {"monitor.txt"}
+
+
+@pytest.mark.slow
 def test_messy_candidate_index_and_reordered_classes(tmp_path, sample, trained):
     """The run goes on: a candidate index with CRLF line ends, blank lines and a repeated
     line gives one result per image, keyed by the clean basename; a task whose class_names

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ray_app.protocol.errors import ErrorCode, YmirError
-from ray_app.model_config.edit import walk
+from ray_app.model_config.edit import input_step, walk
 from ray_app.model_config.zoo import FAMILIES, check_img_size, config_path, family_of, model_zoo
 from ray_app.protocol.hyperparams import TrainingParams, load_template
 from ray_app.model_config.edit import parse_cfg_options
@@ -110,6 +110,26 @@ def test_unknown_model_and_bad_img_size_are_300001():
                 check_img_size(family.smallest, bad)
             assert error.value.code == ErrorCode.CONFIG
             assert f"at least {family.min_img_size}" in error.value.message and "multiple of 32" in error.value.message
+
+
+def test_p6_models_take_multiples_of_64(tmp_path):
+    """The input must be a multiple of the head's largest stride: 64 for the P6 models (a
+    fourth output level), 32 for every other zoo model, read from each real config. 608
+    passes the zoo's multiple-of-32 check; for a P6 model it is refused when the config is
+    built (on the driver), where a worker would otherwise fail in the neck."""
+    from mmengine.config import Config
+
+    steps = {name: input_step(Config.fromfile(str(path))) for name, path in model_zoo().items()}
+    assert {name for name, step in steps.items() if step == 64} == {n for n in steps if n.endswith("_p6")}
+    assert set(steps.values()) == {32, 64}
+    check_img_size("yolov5_n_p6", 608)  # a multiple of 32: the zoo's check lets it through
+    with pytest.raises(YmirError) as error:
+        build_config(params(model_name="yolov5_n_p6", img_size=608), Path("/x/train.json"), Path("/x/val.json"),
+                     tmp_path, 10)
+    assert error.value.code == ErrorCode.CONFIG and "multiple of 64 (e.g. 576 or 640)" in error.value.message
+    cfg = build_config(params(model_name="yolov5_n_p6", img_size=576), Path("/x/train.json"), Path("/x/val.json"),
+                       tmp_path, 10)
+    assert cfg.img_scale == (576, 576)
 
 
 def _schedulers(cfg) -> list[dict]:

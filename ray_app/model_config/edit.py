@@ -48,8 +48,24 @@ def set_num_classes(cfg: Config, num_classes: int) -> None:
     cfg.num_classes = num_classes
 
 
+def input_step(cfg: Config) -> int:
+    """The multiple each side of the network's input must be: the head's largest stride
+    (32; 64 for the P6 models, whose fourth output level has stride 64). Another size gives
+    feature maps the neck cannot join (a tensor-shape error inside a worker)."""
+    head = cfg.model.get("bbox_head", {})
+    strides = ((head.get("prior_generator") or {}).get("strides")
+               or (head.get("head_module") or {}).get("featmap_strides") or [32])
+    return max(int(s[0] if isinstance(s, (list, tuple)) else s) for s in strides)
+
+
 def set_img_size(cfg: Config, size: int) -> None:
-    """Square input ``size`` in every pipeline and batch-shape policy."""
+    """Square input ``size`` in every pipeline and batch-shape policy; error 300001 when
+    ``size`` is no multiple of the model's :func:`input_step`."""
+    step = input_step(cfg)
+    if size % step:
+        below = max(step, size // step * step)
+        raise YmirError(ErrorCode.CONFIG, f"img_size {size} does not fit this model: its largest stride is {step}, "
+                                          f"so img_size must be a multiple of {step} (e.g. {below} or {below + step})")
     base = int(cfg.get("img_scale", (640, 640))[0])
     mapping = {base: size, 2 * base: 2 * size, -(base // 2): -(size // 2)}
     if "test_img_scale" in cfg:  # yolox tiny/nano test at another size than they train
