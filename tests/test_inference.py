@@ -102,6 +102,19 @@ def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):
     assert run.monitor()[3] == "3"
 
 
+def test_no_readable_candidate_is_300002(infer_task, sample, tmp_path):
+    """Every candidate unreadable (a mount that is not there) is a dataset error, as a
+    training set with no readable image is, not a 'done' with every score -1 and no box."""
+    data = SampleData(tmp_path / "data", sample.train_index, sample.val_index, tmp_path / "candidates.tsv",
+                      sample.class_names)
+    data.candidate_index.write_text("".join(f"{tmp_path}/gone/{i}.jpg\n" for i in range(3)))
+    run = run_entry(infer_task(run_mining=True, run_infer=True, data=data))
+    assert run.returncode == 1, run.output[-3000:]
+    assert run.monitor()[3:5] == ["4", "300002"], run.monitor()
+    assert run.monitor()[5].startswith("the candidate set has no readable image (3 listed), e.g. ")
+    assert not (run.out / "result.tsv").exists() and not (run.out / "infer-result.json").exists()
+
+
 def test_killed_model_actor_loses_no_image(tmp_path, trained):
     """SIGKILL the model actor while a batch is in flight (it pauses after its first batch,
     see ``ray_app.pause``): Ray Data restarts it and retries the batch; every candidate gets

@@ -161,6 +161,9 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     log.info("model actors ran on %d node(s): %s", len(progress.per_node),
              ", ".join(f"{node[:8]}: {count} images" for node, count in progress.per_node.most_common()))
     bad.warn("candidate set")
+    if bad.counts["unreadable_candidate"] == len(images):  # a missing mount, not a few bad files
+        raise YmirError(ErrorCode.DATASET, f"the candidate set has no readable image ({len(images)} listed), e.g. "
+                                           + "; ".join(bad.examples["unreadable_candidate"]))
     missing = set(images) - {p for p, _ in scores}
     if missing:  # never expected: Ray retries lost work; fail rather than write a partial ranking
         raise YmirError(ErrorCode.DATASET, f"{len(missing)} candidates got no result, e.g. {sorted(missing)[:3]}")
