@@ -131,3 +131,38 @@ def test_what_users_of_the_sister_executors_type(tmp_path):
         inference_params(env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"],
                                                     "img_size": 16}, infer=True))
     assert "must be 0 (the model's own size) or at least 32" in error.value.message
+
+
+@pytest.mark.parametrize("weights,expected,padded", [("2.0", [2.0, 1.0, 1.0], True), ([0.5, 0], [0.5, 0.0, 1.0], True),
+                                                     ("", [], False), ("1,2,3", [1.0, 2.0, 3.0], False)])
+def test_short_class_weights_are_padded_with_one(tmp_path, caplog, weights, expected, padded):
+    """As det-yolov5-tmi reads them (``ymir-protocol.md``): a short list weighs the rest 1.0."""
+    mining = inference_params(env_with_config(tmp_path, {"class_names": ["a", "b", "c"], "model_params_path": ["w.pth"],
+                                                         "class_distribution_scores": weights}, mining=True))
+    assert mining.class_distribution_scores == expected
+    warned = [r.getMessage() for r in caplog.records if "class_distribution_scores has" in r.getMessage()]
+    assert len(warned) == padded
+
+
+@pytest.mark.parametrize("weights,says", [("1,2,3,4", "has 4 values for 3 classes"),
+                                          ("1,-2", "greater than or equal to 0")])
+def test_too_many_or_negative_class_weights_are_300001(tmp_path, weights, says):
+    with pytest.raises(YmirError) as error:
+        inference_params(env_with_config(tmp_path, {"class_names": ["a", "b", "c"], "model_params_path": ["w.pth"],
+                                                    "class_distribution_scores": weights}, mining=True))
+    assert error.value.code == ErrorCode.CONFIG and says in error.value.message and "\n" not in error.value.message
+
+
+def test_keys_no_task_reads_are_named_once(tmp_path, caplog):
+    """A misspelt key would leave its field at the template's default without a word: it is
+    named, with the field it resembles; the platform's own keys are not."""
+    config = {"class_names": ["a"], "max_epoch": 3, "shm_size": "16G", "gpu_count": 0, "export_format": "ark:raw",
+              "colour": "blue"}
+    params = training_params(env_with_config(tmp_path, config, training=True))
+    assert params.max_epochs == load_template("training")["max_epochs"]  # the misspelt key changed nothing
+    warnings = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].endswith("ignored: colour, max_epoch (did you mean max_epochs?)")
+    caplog.clear()
+    inference_params(env_with_config(tmp_path, {"class_names": ["a"], "model_params_path": ["w.pth"], "task_id": "t",
+                                                "gpu_id": "", "gpu_count": 0}, infer=True))
+    assert not [r for r in caplog.records if "does not read" in r.getMessage()]

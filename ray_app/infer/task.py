@@ -125,10 +125,6 @@ def run_inference(env: EnvConfig, monitor: Monitor) -> None:
     """Mining, infer, or both (one pass), over the candidate index."""
     params = inference_params(env)
     algorithm = getattr(params, "mining_algorithm", None) if env.run_mining else None
-    weights = getattr(params, "class_distribution_scores", [])
-    if weights and len(weights) != len(params.class_names):
-        raise YmirError(ErrorCode.CONFIG, f"class_distribution_scores has {len(weights)} values for "
-                                          f"{len(params.class_names)} classes")
     gpu_ids = check_gpus(params)
     what = " + ".join(t for t, on in (("mining", env.run_mining), ("infer", env.run_infer)) if on)
 

@@ -7,19 +7,27 @@ one readable line with error 300001.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from ray_app.protocol.env import EnvConfig, describe_validation_error
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.yaml_files import read_yaml_mapping
 
+log = logging.getLogger(__name__)
+
 TEMPLATE_DIR_VARIABLE = "RAY_APP_IMG_MAN"
+#: what the platform adds to every config.yaml (``ymir-protocol.md``), read by a task or not:
+#: never worth a warning
+PLATFORM_KEYS = frozenset({"task_id", "gpu_id", "gpu_count", "class_names", "shm_size", "export_format",
+                           "pretrained_model_params", "model_params_path"})
 EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
 
 
@@ -169,7 +177,8 @@ class MiningParams(InferParams):
     """``mining-template.yaml``: the inference fields and the scoring algorithm."""
 
     mining_algorithm: str
-    class_distribution_scores: list[float] = []
+    #: one weight >= 0 per class; a short list is padded with 1.0, as the sister executors do
+    class_distribution_scores: list[Annotated[float, Field(ge=0)]] = []
     #: 0: rank by score alone; up to 1: weigh each score against the image's similarity to
     #: those ranked before it (``ray_app.mining.diversity``)
     diversity: float = Field(default=0.0, ge=0, le=1)
@@ -193,6 +202,19 @@ class MiningParams(InferParams):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _one_weight_per_class(self) -> MiningParams:
+        """More weights than classes is an error; fewer are padded with 1.0 (det-yolov5-tmi's
+        rule, ``ymir-protocol.md``), with one warning."""
+        weights, classes = self.class_distribution_scores, len(self.class_names)
+        if len(weights) > classes:
+            raise ValueError(f"class_distribution_scores has {len(weights)} values for {classes} classes")
+        if 0 < len(weights) < classes:
+            log.warning("class_distribution_scores has %d values for %d classes: the last %d weigh 1.0",
+                        len(weights), classes, classes - len(weights))
+            self.class_distribution_scores = [*weights, *[1.0] * (classes - len(weights))]
+        return self
 
 
 def template_dir() -> Path:
@@ -226,10 +248,22 @@ def merged_config(templates: list[str], config_file: str | os.PathLike) -> dict[
 
 
 def _validate(model: type[BaseModel], values: dict[str, Any], config_file: str) -> Any:
+    """The task's hyperparameters, or 300001 with the first bad field. Keys the task does
+    not read (and the platform did not add) are kept, as YMIR may add its own, but named in
+    one warning, with the field a misspelt one most resembles (``max_epoch`` would otherwise
+    leave ``max_epochs`` at the template's default without a word)."""
     try:
-        return model.model_validate(values)
+        params = model.model_validate(values)
     except ValidationError as e:
         raise YmirError(ErrorCode.CONFIG, f"{config_file}: {describe_validation_error(e)}") from None
+    unread = sorted(set(params.model_extra or {}) - PLATFORM_KEYS)
+    if unread:
+        named = []
+        for key in unread:
+            like = difflib.get_close_matches(key, list(model.model_fields), n=1)
+            named.append(f"{key} (did you mean {like[0]}?)" if like else key)
+        log.warning("%s: keys this task does not read, ignored: %s", config_file, ", ".join(named))
+    return params
 
 
 def training_params(env: EnvConfig) -> TrainingParams:
