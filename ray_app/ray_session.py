@@ -264,6 +264,11 @@ def alive_nodes() -> int:
     return sum(1 for node in ray.nodes() if node["Alive"])
 
 
+def node_cpus() -> list[float]:
+    """The CPUs of each alive node of the Ray this process is connected to."""
+    return [float(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"]]
+
+
 def driver_node_label() -> dict[str, str]:
     """A label selector for the driver's node (Ray labels every node with its id)."""
     return {"ray.io/node-id": ray.get_runtime_context().get_node_id()}

@@ -167,3 +167,46 @@ def test_unusable_cluster_address(tmp_path, sample, address, code, says):
     # refused at the probe: no Ray started or joined, so nothing was left to retry for minutes
     assert "joins the cluster as a Ray node" not in run.output and "starting a local Ray" not in run.output
     assert "Ray cluster:" not in run.output
+
+
+@pytest.mark.parametrize("workers,nodes,expected", [(2, [16], 8), (3, [2], 0), (2, [1, 1], 1), (2, [4, 4, 16], 8),
+                                                    (8, [4, 4, 16], 2), (3, [1, 1, 4], 1), (5, [0.5, 3, 2], 1)])
+def test_cpus_per_worker_fit_the_nodes(workers, nodes, expected):
+    """Each CPU worker's share never exceeds what a node has: the cluster's total split
+    equally (the rule before 2026-11-27) gave 12 CPUs each for 2 workers on nodes of 4, 4
+    and 16 CPUs, which no node holds."""
+    from ray_app.train.task import cpus_per_worker
+
+    assert cpus_per_worker(workers, nodes) == expected
+
+
+def test_cpu_training_workers_can_be_placed_on_uneven_nodes():
+    """On a real cluster of 1, 1 and 4 CPUs (6 in all), 2 CPU workers get 2 CPUs each (3,
+    half of the total, fits no node) and Ray places both: a placement group of the same
+    bundles is ready. Too many workers for the nodes is 300001 naming each node's CPUs."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from ray_app.protocol.errors import ErrorCode, YmirError
+    from ray_app.protocol.hyperparams import TrainingParams, load_template
+    from ray_app.train.task import scaling
+
+    def params(workers):
+        return TrainingParams.model_validate({**load_template("training"), "class_names": ["a"],
+                                              "cpu_num_workers": workers})
+
+    cluster = start_cluster(1, [1, 4])
+    try:
+        ray.init(address=cluster.address)
+        config = scaling(params(2), [])
+        assert config.num_workers == 2 and config.resources_per_worker == {"CPU": 2}
+        group = placement_group([dict(config.resources_per_worker)] * config.num_workers)
+        ray.get(group.ready(), timeout=60)
+        remove_placement_group(group)
+        with pytest.raises(YmirError) as error:
+            scaling(params(7), [])
+        assert error.value.code == ErrorCode.CONFIG
+        assert "needs 7 CPUs but the Ray cluster has 6 over 3 nodes (4, 1, 1 CPUs)" in error.value.message
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

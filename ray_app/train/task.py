@@ -25,7 +25,8 @@ from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import TrainingParams, training_params
 from ray_app.protocol.monitor import Monitor
-from ray_app.ray_session import alive_nodes, check_cluster_gpus, check_gpus, local_ray, on_this_node, ray_session
+from ray_app.ray_session import (alive_nodes, check_cluster_gpus, check_gpus, local_ray, node_cpus, on_this_node,
+                                 ray_session)
 from ray_app.model_config.edit import parse_cfg_options
 from ray_app.train.config import build_config, evaluate_config
 from ray_app.train.outputs import TrainingOutputsActor
@@ -75,19 +76,32 @@ def environ_defaults(defaults: dict[str, str]) -> Iterator[None]:
             os.environ.pop(name, None)
 
 
+def cpus_per_worker(workers: int, node_cpus: list[float]) -> int:
+    """The most whole CPUs each of ``workers`` CPU workers can hold with every one of them
+    placed: the largest ``k`` with ``sum(floor(cpus / k)) >= workers`` over the nodes. On one
+    node that shares its CPUs equally; on a cluster no worker asks for more than a node has
+    (the cluster's total split equally could exceed every node, and the workers would never
+    start). 0: not even one CPU each."""
+    fits = [k for k in range(1, int(max(node_cpus, default=0)) + 1)
+            if sum(int(cpus // k) for cpus in node_cpus) >= workers]
+    return max(fits, default=0)
+
+
 def scaling(params: TrainingParams, gpu_ids: list[int]) -> ScalingConfig:
-    """One worker per GPU, else ``cpu_num_workers`` CPU workers sharing the cluster's CPUs
-    equally (each worker's torch uses as many threads as it was given CPUs)."""
+    """One worker per GPU, else ``cpu_num_workers`` CPU workers with as many CPUs each as
+    :func:`cpus_per_worker` allows (each worker's torch uses as many threads as it holds)."""
     from ray.train import ScalingConfig
 
     if gpu_ids:
         check_cluster_gpus(len(gpu_ids))
         return ScalingConfig(num_workers=len(gpu_ids), use_gpu=True, resources_per_worker={"GPU": 1, "CPU": 1})
-    available = ray.cluster_resources().get("CPU", 0)
-    if params.cpu_num_workers > available:
+    nodes = node_cpus()
+    per_worker = cpus_per_worker(params.cpu_num_workers, nodes)
+    if not per_worker:
+        spread = f" over {len(nodes)} nodes ({', '.join(f'{c:g}' for c in sorted(nodes, reverse=True))} CPUs)"
         raise YmirError(ErrorCode.CONFIG, f"cpu_num_workers={params.cpu_num_workers} needs {params.cpu_num_workers} "
-                                          f"CPUs but the Ray cluster has {available:g}")
-    per_worker = max(1, int(available // params.cpu_num_workers))
+                                          f"CPUs but the Ray cluster has {sum(nodes):g}"
+                                          + (spread if len(nodes) > 1 else ""))
     return ScalingConfig(num_workers=params.cpu_num_workers, use_gpu=False, resources_per_worker={"CPU": per_worker})
 
 
