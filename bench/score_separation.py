@@ -71,7 +71,7 @@ def score_pool(models: Path, files: list[str], pool) -> tuple[dict[str, list[flo
         gpu_id="", gpu_count=0))
     bundle = load_stage(params, str(models))
     detector = Detector(bundle, "cpu")
-    preprocess = Preprocess(inference_pipeline(bundle.cfg), int(bundle.cfg.img_scale[0]))
+    preprocess = Preprocess(inference_pipeline(bundle.cfg), bundle.input_size)
     scores: dict[str, list[float]] = {name: [] for name in [*ALGORITHMS, "aldd at input resolution",
                                                             "aldd (before issue 15)"]}
     features = []

@@ -45,7 +45,7 @@ torch.set_num_threads(1)  # as each thread of a CPU model actor
 env = load_env(env_file)  # the entry's own task: its hyperparameters, model stage and candidates
 params = inference_params(env)
 bundle = load_stage(params, env.input.models_dir)
-size = int(bundle.cfg.img_scale[0])
+size = bundle.input_size
 preprocess = Preprocess(inference_pipeline(bundle.cfg), size)
 detector = Detector(bundle, "cpu")
 paths = read_candidates(env)

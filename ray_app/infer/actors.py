@@ -147,7 +147,7 @@ class DetectorActor:
             torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
         self.detector = Detector(bundle, device)
         steps = list(spec.preprocess_steps) if spec.preprocess_steps else None
-        self.preprocess = Preprocess(steps, int(bundle.cfg.img_scale[0])) if steps else None
+        self.preprocess = Preprocess(steps=steps, size=bundle.input_size) if steps else None
         self.algorithm = ALGORITHMS[spec.algorithm] if spec.algorithm else None
         self.conf_threshold = spec.conf_threshold
         self.weights = np.asarray(spec.class_weights, dtype=np.float64) if spec.class_weights else None

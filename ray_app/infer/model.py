@@ -52,6 +52,12 @@ class ModelBundle:
     class_names: list[str]
     source: str
 
+    @property
+    def input_size(self) -> int:
+        """The square network input the stage runs at: its config's ``img_scale`` (640 where a
+        foreign config has none)."""
+        return int(self.cfg.get("img_scale", (640, 640))[0])
+
 
 def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     """Config and weights from ``model_params_path`` (best weights first, as in training)."""
@@ -79,15 +85,15 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
                     model_classes, params.class_names)
     if params.img_size:
         set_img_size(cfg, params.img_size)
-    size = int(cfg.get("img_scale", (640, 640))[0])
     test_cfg = cfg.model.test_cfg
     test_cfg.score_thr = params.conf_threshold
     test_cfg.setdefault("nms", {})["iou_threshold"] = params.iou_threshold
     test_cfg.max_per_img = min(int(test_cfg.get("max_per_img", 300)), 300)
     apply_cfg_options(cfg, params.cfg_options)
-    log.info("model: %s with %s, input %d px%s", weights, config_file.name, size,
+    bundle = ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
+    log.info("model: %s with %s, input %d px%s", weights, config_file.name, bundle.input_size,
              "" if params.img_size else " (the size it was trained at: img_size 0)")
-    return ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
+    return bundle
 
 
 def inference_pipeline(cfg: Config) -> list[dict[str, Any]]:

@@ -118,7 +118,7 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
                             label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
     if gpu_ids:
-        ds = ds.map_batches(Preprocess, fn_constructor_args=(steps, int(bundle.cfg.img_scale[0])),
+        ds = ds.map_batches(Preprocess, fn_constructor_kwargs={"steps": steps, "size": bundle.input_size},
                             batch_size=batch_size, num_cpus=PREPROCESS_CPUS,
                             compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count))
     weights = getattr(params, "class_distribution_scores", None)
