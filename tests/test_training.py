@@ -155,6 +155,22 @@ def test_nan_loss_after_a_stage_keeps_the_stage(tmp_path, sample):
     assert all((run.out / "models" / "epoch_1" / name).is_file() for name in result["model_stages"]["epoch_1"]["files"])
 
 
+def test_validation_without_a_checkpoint_publishes_no_stage(tmp_path, sample):
+    """cfg_options that save checkpoints every 2 epochs while validating every epoch: the
+    first validation has no checkpoint to publish, which the log says in one line; the second
+    publishes its stage and the run ends done."""
+    from conftest import run_entry
+
+    config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "cpu_num_workers": 1,
+              "cfg_options": "default_hooks.checkpoint.interval=2"}
+    run = run_entry(write_task(tmp_path, sample, run_training=True, config=config))
+    assert run.returncode == 0, run.output[-3000:]
+    # the worker's lines reach the output twice (its stream and the task's log): count epochs
+    assert set(re.findall(r"epoch (\d+): validated without a checkpoint saved before it", run.output)) == {"1"}
+    result = yaml.safe_load((run.out / "models" / "result.yaml").read_text())
+    assert list(result["model_stages"]) == ["epoch_2"], result
+
+
 @pytest.mark.parametrize(("option", "stage", "cause"), [
     ("model.backbone.type=NoSuchBackbone", "building the mmengine Runner for yolov8_n failed", "KeyError"),
     ("train_dataloader.dataset.ann_file=/no/such/train.json", "preparing training", "FileNotFoundError"),

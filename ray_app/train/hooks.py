@@ -1,13 +1,14 @@
 """The mmengine hooks that connect a Runner inside a Ray Train worker to YMIR and Ray, one job each.
 
-The Ray Train adapter is ``PublishStages``: at every validation it (on rank 0) turns the
-checkpoint mmengine just saved into a weights-only YMIR stage sent to the driver, and (on all
-ranks) reports to Ray Train, with the resume state as a Ray checkpoint so a restarted worker
-group resumes from it. Beside it (``ymir_hooks``): a non-finite loss ends the run with 300201
-(``StopOnNonFiniteLoss``), rank 0 reports progress (``ReportProgress``), ships the TensorBoard
-files (``ShipTensorboard``) and logs the run's speed (``LogIterationTimes``). Two more run
-before them: ``IterationsStarted`` (errors before the first iteration are build errors) and
-``FitStartingWeights`` (COCO or other-class weights fitted to this model).
+At every validation, from the checkpoint mmengine saved just before it: ``PublishStage`` (rank
+0) turns it into a weights-only YMIR stage sent to the driver's outputs actor, and
+``ReportToRayTrain``, the Ray Train adapter, reports the epoch (on all ranks) with the resume
+state as a Ray checkpoint, so a restarted worker group resumes from it. Beside them
+(``ymir_hooks``): a non-finite loss ends the run with 300201 (``StopOnNonFiniteLoss``), rank 0
+reports progress (``ReportProgress``), ships the TensorBoard files (``ShipTensorboard``) and
+logs the run's speed (``LogIterationTimes``). Two more run before them: ``IterationsStarted``
+(errors before the first iteration are build errors) and ``FitStartingWeights`` (COCO or
+other-class weights fitted to this model).
 """
 
 from __future__ import annotations
@@ -154,39 +155,48 @@ class ShipTensorboard(Hook):
             ray.get(self.outputs.tensorboard.remote(files))
 
 
-class PublishStages(Hook):
-    """The Ray Train adapter, at mmengine's own checkpoint event: see the module docstring.
+def stage_mAP(metrics: dict[str, float] | None) -> float:
+    """The stage's mAP from a validation's metrics (0 where the evaluator gave none, or -1)."""
+    return max(0.0, float((metrics or {}).get(METRIC, 0.0)))
+
+
+class _SeesCheckpoint(Hook):
+    """Keeps the checkpoint mmengine saves (on rank 0: mmengine saves on the master) for the
+    validation that follows it (``train.config`` sets the checkpoint interval to ``val_interval``).
 
     Registered with the LOWEST priority, so it sees the checkpoint after the EMA hook swapped
     the averaged weights in, and the metrics after every evaluator finished."""
 
-    def __init__(self, outputs: Any, saved_file_patterns: tuple[str, ...] = ()) -> None:
-        self.outputs = outputs
-        self.saved_file_patterns = [re.compile(p) for p in saved_file_patterns]
+    def __init__(self) -> None:
         self._checkpoint: dict[str, Any] | None = None
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        self._checkpoint = dict(checkpoint)  # rank 0 only: mmengine saves on the master
+        self._checkpoint = dict(checkpoint)
+
+    def _take(self) -> dict[str, Any] | None:
+        checkpoint, self._checkpoint = self._checkpoint, None
+        return checkpoint
+
+
+class PublishStage(_SeesCheckpoint):
+    """Rank 0 sends each validation's checkpoint as a weights-only YMIR stage, with the files
+    ``ymir_saved_file_patterns`` keeps, to the outputs actor (which writes it and result.yaml)."""
+
+    def __init__(self, outputs: Any, saved_file_patterns: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.outputs = outputs
+        self.saved_file_patterns = [re.compile(p) for p in saved_file_patterns]
 
     def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
-        mAP = max(0.0, float((metrics or {}).get(METRIC, 0.0)))
-        epoch = runner.epoch
-        checkpoint, self._checkpoint = self._checkpoint, None
-        with tempfile.TemporaryDirectory() as tmp:
-            ray_checkpoint = None
-            if is_rank0() and checkpoint is not None:
-                stage = to_bytes(stage_checkpoint(checkpoint))
-                ray.get(self.outputs.publish.remote(epoch, mAP, stage, self._extra_files(runner)))
-                (Path(tmp) / RESUME_FILE).write_bytes(to_bytes(resume_checkpoint(checkpoint)))
-                ray_checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({"epoch": epoch, "mAP": mAP}, checkpoint=ray_checkpoint)
-        if ray_checkpoint is not None:
-            # Ray Train registers a checkpoint when its controller processes the report; a
-            # worker killed before that would restart from the previous one. Wait for it.
-            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED,
-                                                   timeout_s=REGISTER_TIMEOUT_S)
-            print(f"[rank 0] epoch {epoch}: resume checkpoint registered with Ray Train", flush=True)
-            pause_point("resume_checkpoint_registered", epoch=epoch)
+        checkpoint = self._take()
+        if not is_rank0():
+            return
+        if checkpoint is None:  # cfg_options moved default_hooks.checkpoint.interval off val_interval
+            print(f"[rank 0] epoch {runner.epoch}: validated without a checkpoint saved before it "
+                  "(default_hooks.checkpoint.interval differs from val_interval): no stage for this epoch", flush=True)
+            return
+        stage = to_bytes(stage_checkpoint(checkpoint))
+        ray.get(self.outputs.publish.remote(runner.epoch, stage_mAP(metrics), stage, self._extra_files(runner)))
 
     def _extra_files(self, runner) -> dict[str, bytes]:
         """Files of the work dir whose name one of ``ymir_saved_file_patterns`` finds (``re.search``,
@@ -199,6 +209,30 @@ class PublishStages(Hook):
                     and any(pattern.search(path.name) for pattern in self.saved_file_patterns)):
                 found[path.name] = path.read_bytes()
         return found
+
+
+class ReportToRayTrain(_SeesCheckpoint):
+    """The Ray Train adapter, at mmengine's own checkpoint event: every rank reports each
+    validation's epoch and mAP; rank 0 attaches the resume state (the checkpoint less the
+    message hub, :func:`ray_app.checkpoints.resume_checkpoint`) as a Ray checkpoint and waits
+    until Ray Train has registered it, so a worker group restarted after that resumes from it."""
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        epoch = runner.epoch
+        checkpoint = self._take()
+        with tempfile.TemporaryDirectory() as tmp:
+            ray_checkpoint = None
+            if is_rank0() and checkpoint is not None:
+                (Path(tmp) / RESUME_FILE).write_bytes(to_bytes(resume_checkpoint(checkpoint)))
+                ray_checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, "mAP": stage_mAP(metrics)}, checkpoint=ray_checkpoint)
+        if ray_checkpoint is not None:
+            # Ray Train registers a checkpoint when its controller processes the report; a
+            # worker killed before that would restart from the previous one. Wait for it.
+            ray.train.get_all_reported_checkpoints(ray.train.CheckpointConsistencyMode.COMMITTED,
+                                                   timeout_s=REGISTER_TIMEOUT_S)
+            print(f"[rank 0] epoch {epoch}: resume checkpoint registered with Ray Train", flush=True)
+            pause_point("resume_checkpoint_registered", epoch=epoch)
 
 
 class LogIterationTimes(Hook):
@@ -215,4 +249,4 @@ def ymir_hooks(outputs: Any, tensorboard_dir: Path, saved_file_patterns: tuple[s
     order they run at the same event (the worker registers them with the LOWEST priority:
     after mmengine's logger, EMA and evaluators)."""
     return [StopOnNonFiniteLoss(outputs), ReportProgress(outputs), ShipTensorboard(outputs, tensorboard_dir),
-            PublishStages(outputs, saved_file_patterns), LogIterationTimes()]
+            PublishStage(outputs, saved_file_patterns), ReportToRayTrain(), LogIterationTimes()]
