@@ -2,8 +2,8 @@
 
 It reads ``env.yaml``, then runs exactly one of:
 - training, when ``run_training`` is set (mining/infer flags are then ignored);
-- mining and/or infer, when either is set: one pass over the candidates, mining's
-  progress in [0, 0.5] and infer's in [0.5, 1] when both are set.
+- mining and/or infer, when either is set: one pass over the candidates gives both (one
+  progress from 0 to 1).
 
 Every failure ends in ``monitor.txt`` state 4 with a YMIR error code and one line a user
 understands (the traceback below it), and a non-zero exit status.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -42,3 +43,65 @@ def test_a_local_ray_never_reports_usage():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Usage reporting is disabled" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+#: the child: start the executor's local Ray and say which GCS and how many CPUs it got
+LOCAL = r'''
+import os
+import ray
+from ray_app.ray_session import start_or_join
+
+start_or_join("", [])
+print("GCS", ray.get_runtime_context().gcs_address, "CPU", ray.cluster_resources().get("CPU"))
+ray.shutdown()
+'''
+
+
+#: a client of the other Ray: its CPUs, once it answers
+OTHER = r'''
+import ray
+ray.init(address="{address}")
+print("CPU", ray.cluster_resources().get("CPU"))
+ray.shutdown()
+'''
+
+
+def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
+    """A Ray someone started on the machine (``ray start --head``, which also records itself
+    as the machine's current cluster) is neither joined nor disturbed: the task starts a Ray
+    of its own (``ray.init(address="local")``), sized to the machine, and the other one still
+    answers afterwards."""
+    import socket
+
+    with socket.socket() as s:  # a free port for the other Ray's GCS
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    try:
+        proc = subprocess.run([sys.executable, "-c", LOCAL], env=env, capture_output=True, text=True, cwd=REPO,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        fields = proc.stdout.split()
+        assert fields[0] == "GCS" and not fields[1].endswith(f":{port}"), proc.stdout
+        assert float(fields[3]) == os.cpu_count(), proc.stdout
+        other = subprocess.run([sys.executable, "-c", OTHER.format(address=f"127.0.0.1:{port}")],
+                               env={**env, "RAY_AUTH_MODE": "token"},  # its token: ~/.ray/auth_token
+                               capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert other.returncode == 0 and other.stdout.split() == ["CPU", "1.0"], other.stdout + other.stderr[-3000:]
+    finally:
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f":{port} " in f"{text} " or f"port={port} " in f"{text} ":
+                try:
+                    os.kill(int(cmdline.parent.name), 9)
+                except ProcessLookupError:
+                    pass
+        current = Path("/tmp/ray/ray_current_cluster")  # as `ray stop` does: no later ray.init() looks for it
+        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
+            current.unlink()
