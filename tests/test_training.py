@@ -221,8 +221,9 @@ def test_a_config_with_no_python_form_is_a_recorded_config_error(tmp_path, sampl
     good = TrainingOutputs(env, 1, {}, "yolov8_n_config.py", Config(dict(model=dict(type="YOLODetector"))))
     assert good.fatal() is None and b"YOLODetector" in good.config_text
     bad = TrainingOutputs(env, 1, {}, "yolov8_n_config.py", Config(dict(model=dict(type=object()))))
-    code, message, trace = bad.fatal()
-    assert code == 300001 and "cannot be written as a Python file" in message and "SyntaxError" in trace
+    failure = bad.fatal()
+    assert failure.code == 300001 and "cannot be written as a Python file" in failure.message
+    assert "SyntaxError" in failure.detail
 
 
 @pytest.mark.parametrize("local", [True, False])

@@ -51,8 +51,8 @@ def record_fatal(outputs: Any, stage: str, model_name: str, error: BaseException
         code, cause = error.code, error.message
     else:
         code, cause = describe(error)
-    message = f"{stage} for {model_name} failed: {cause}"
-    ray.get(outputs.fail.remote(int(code), message, traceback.format_exc()))
+    ray.get(outputs.fail.remote(YmirError(code, f"{stage} for {model_name} failed: {cause}",
+                                          detail=traceback.format_exc())))
 
 
 class StopOnRecordedFailure(DefaultFailurePolicy):
@@ -69,6 +69,6 @@ class StopOnRecordedFailure(DefaultFailurePolicy):
             log.warning("no answer from the outputs actor: %s", error)
             recorded = None
         if recorded:
-            print(f"training stops without a restart: {recorded[1]}", flush=True)
+            print(f"training stops without a restart: {recorded.message}", flush=True)
             return FailureDecision.RAISE
         return super().make_decision(training_failed_error)

@@ -108,7 +108,7 @@ class StopOnNonFiniteLoss(Hook):
         if not math.isfinite(value):
             error = YmirError(ErrorCode.NAN_LOSS, f"the training loss became {value} at iteration "
                                                   f"{runner.iter + 1}; try a smaller learning_rate")
-            ray.get(self.outputs.fail.remote(error.code, error.message))  # no restart can fix this
+            ray.get(self.outputs.fail.remote(error))  # no restart can fix this
             raise error
 
 

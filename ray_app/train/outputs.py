@@ -19,7 +19,7 @@ import ray
 
 from ray_app.protocol.atomic import atomic_write_bytes, ensure_under
 from ray_app.protocol.env import EnvConfig
-from ray_app.protocol.errors import ErrorCode
+from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.monitor import Monitor
 from ray_app.protocol.writers import ModelStage, TrainingResult, write_training_result
 
@@ -52,7 +52,7 @@ class TrainingOutputs:
         self.config_name = config_name
         self.stages: dict[str, ModelStage] = {}
         self.epochs: dict[str, int] = {}
-        self.failure: tuple[int, str, str] | None = None
+        self.failure: YmirError | None = None
         # formatted here, in the actor's constructor, which runs beside the driver: mmengine
         # formats a config with yapf (0.2 s on 2 cores), which on the driver delayed Ray Train's
         # start. A config that is not Python (a value with no literal form) could be saved with
@@ -61,9 +61,9 @@ class TrainingOutputs:
             self.config_text = config.pretty_text.encode()
         except SyntaxError:
             self.config_text = b""
-            self.fail(ErrorCode.CONFIG, "the training config cannot be written as a Python file for the model "
-                                        "stages: a value in it has no Python literal form",
-                      traceback.format_exc())
+            self.fail(YmirError(ErrorCode.CONFIG, "the training config cannot be written as a Python file for the "
+                                                  "model stages: a value in it has no Python literal form",
+                                detail=traceback.format_exc()))
 
     def progress(self, fraction: float) -> None:
         """Training progress in [0, 1); 1 is written by the entry once all is done."""
@@ -96,13 +96,13 @@ class TrainingOutputs:
         for relative, data in files.items():
             atomic_write_bytes(Path(self.env.output.tensorboard_dir) / relative, data, self.root)
 
-    def fail(self, code: int, message: str, trace: str = "") -> None:
+    def fail(self, error: YmirError) -> None:
         """A worker hit an error that a restart cannot fix (a build error, a NaN loss):
-        remember the first one with the worker's traceback, so that Ray Train's failure
-        policy raises instead of retrying (``failures``) and the driver reports it."""
-        self.failure = self.failure or (int(code), message, trace)
+        remember the first one (its ``detail``: the worker's traceback), so that Ray Train's
+        failure policy raises instead of retrying (``failures``) and the driver raises it."""
+        self.failure = self.failure or error
 
-    def fatal(self) -> tuple[int, str, str] | None:
+    def fatal(self) -> YmirError | None:
         return self.failure
 
     def summary(self) -> dict[str, float]:

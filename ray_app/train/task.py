@@ -223,7 +223,7 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
             error = e
         failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
         if failure:
-            raise YmirError(ErrorCode(failure[0]), failure[1], detail=failure[2]) from error
+            raise failure from error
         if error is not None:
             raise error
         stages = ray.get(outputs.summary.remote())
