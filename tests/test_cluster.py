@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     ``ray_storage_path`` a multi-node run is refused with 300001 before anything starts."""
     models, files = best_stage_files(trained)
     config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "pretrained_model_params": files}
+    staged_before = set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*"))
     # one CPU per node: the two workers (1 CPU each) cannot share a node
     cluster = start_cluster(1, [1, 1])
     try:
@@ -114,6 +116,11 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     assert result["mAP"] > 0.5 * reference["mAP"]  # started from the pretrained stage, on both nodes
     assert run.monitor()[3] == "3"
     assert not list(shared.glob("ymir-*"))  # resume state removed once training is done
+    # the other node's copy of the data (and its work dir) removed too, once training ended
+    staging_nodes = {node for _, node, elsewhere in workers if elsewhere}  # one or both, as Ray placed them
+    assert f"removed the staged training data from {len(staging_nodes)} other node(s)" in run.output, \
+        run.output[-3000:]
+    assert set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*")) <= staged_before
 
 
 def test_node_lost_during_inference_loses_no_image(tmp_path, trained, monkeypatch):

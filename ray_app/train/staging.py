@@ -5,7 +5,9 @@ the index, the pretrained weights). A worker on another node asks a :class:`Data
 actor, which runs on the driver's node, for those files and the images the COCO files list,
 writes them to its node's temp dir
 once (the first worker of a node stages, the others wait on a file lock) and trains from
-there. Why staging and not streaming: mmengine's datasets and samplers read files by path
+there, its work dir in the same folder. Once training has ended, the driver has every node
+remove that folder (:func:`remove_staged_copies`): a long-lived cluster would otherwise keep a
+copy of every task's dataset on every node that trained it. Why staging and not streaming: mmengine's datasets and samplers read files by path
 every epoch; staging once per node costs one transfer of the dataset per node, however many
 epochs follow.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections import deque
@@ -23,6 +26,7 @@ from pathlib import Path
 import ray
 from filelock import FileLock
 from ray.actor import ActorHandle
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,8 @@ FILES_PER_REQUEST = 32
 REQUESTS_IN_FLIGHT = 4
 #: written after the last file: a node's staged copy is complete only with it
 DONE_MARKER = ".staged"
+#: how long the driver waits for the nodes to remove their staged copies
+REMOVE_TIMEOUT_S = 60.0
 
 
 @ray.remote(num_cpus=0)
@@ -72,6 +78,37 @@ def stage_root(task_id: str, token: str) -> Path:
     """Where a node keeps its copy: its temp dir, one folder per run (Ray Train's restarts of
     the worker group find it again)."""
     return Path(tempfile.gettempdir()) / "ray_app" / f"staged-{task_id or 'task'}-{token}"
+
+
+def remove_staged(task_id: str, token: str) -> bool:
+    """Remove this node's copy of a run (:func:`stage_root`: its files and work dirs); whether
+    there was one."""
+    root = stage_root(task_id, token)
+    if not root.exists():
+        return False
+    shutil.rmtree(root, ignore_errors=True)
+    return True
+
+
+def remove_staged_copies(server: ActorHandle, task_id: str) -> int:
+    """Once training has ended: every alive node removes the run's staged copy (a task pinned
+    to each node; the driver's node has none). How many nodes had one; a node that does not
+    answer within ``REMOVE_TIMEOUT_S`` is named in a warning, never an error of the task."""
+    token = ray.get(server.files.remote())[2]
+    remove = ray.remote(num_cpus=0, max_retries=0)(remove_staged)
+    pending = {remove.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+               .remote(task_id, token): node["NodeID"] for node in ray.nodes() if node["Alive"]}
+    done, late = ray.wait(list(pending), num_returns=len(pending), timeout=REMOVE_TIMEOUT_S)
+    removed = 0
+    for ref in done:
+        try:
+            removed += bool(ray.get(ref))
+        except Exception as error:  # the node went away: its temp dir with it
+            log.warning("node %s did not remove its staged copy of the training data: %s", pending[ref][:8], error)
+    for ref in late:
+        log.warning("node %s did not remove its staged copy of the training data within %.0f s",
+                    pending[ref][:8], REMOVE_TIMEOUT_S)
+    return removed
 
 
 def stage_dataset(server: ActorHandle, task_id: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from ray_app.ray_session import (alive_nodes, check_cluster_gpus, check_gpus, lo
 from ray_app.model_config.edit import parse_cfg_options
 from ray_app.train.config import build_config, evaluate_config
 from ray_app.train.outputs import TrainingOutputsActor
-from ray_app.train.staging import DatasetServer
+from ray_app.train.staging import DatasetServer, remove_staged_copies
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -221,6 +221,12 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
                 trainer.fit()
         except Exception as e:  # reported below, after the error a worker recorded (if any)
             error = e
+        if server is not None:  # other nodes' copies of the data, whatever the outcome
+            try:
+                log.info("removed the staged training data from %d other node(s)",
+                         remove_staged_copies(server, env.task_id))
+            except Exception as cleanup:  # never in the way of the run's own outcome
+                log.warning("could not remove the staged training data from the other nodes: %s", cleanup)
         failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
         if failure:
             raise failure from error

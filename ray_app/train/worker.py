@@ -107,7 +107,9 @@ def train_worker(config: dict[str, Any]) -> None:
         set_dataset(cfg, Path(staged[train_json]), Path(staged[val_json]), list(spec.class_names))
         if cfg.get("load_from"):
             cfg.load_from = staged[cfg.load_from]
-    work_dir = local_work_dir(spec.work_root, rank)
+    # on another node, this run's folder holds the work dir too: removed with the staged data
+    work_root = str(Path(staged[spec.coco_files[0]]).parent / "work") if remote else spec.work_root
+    work_dir = local_work_dir(work_root, rank)
     cfg.work_dir = str(work_dir)
     tensorboard_dir = work_dir / "tensorboard"
     for backend in cfg.visualizer.vis_backends:
