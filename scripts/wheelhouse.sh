@@ -7,7 +7,7 @@
 #   PLATFORM         the target's newest manylinux tag, e.g. manylinux_2_35_x86_64 for
 #                    Ubuntu 22.04 (glibc 2.35); default: this machine's
 #   PYTHON           the target's python: a version (3.11, the default) or an interpreter
-#   TORCH_INDEX_URL  where torch comes from, e.g. https://download.pytorch.org/whl/cu128;
+#   TORCH_INDEX_URL  where torch comes from, e.g. https://download.pytorch.org/whl/cu129;
 #                    default: this machine's pip configuration (here: the CPU build)
 #   TORCH=none       leave torch out, for targets whose python already has the pinned torch
 #   HOST_PYTHON      the python whose pip downloads (default python3); any version works

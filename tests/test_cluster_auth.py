@@ -67,8 +67,9 @@ def auth_cluster(tmp_path_factory) -> Iterator[AuthCluster]:
     finally:
         proc.stdin.close()
         proc.wait(timeout=120)
-    assert not (Path.home() / ".ray" / "auth_token").exists() or \
-        token not in (Path.home() / ".ray" / "auth_token").read_text()  # nothing leaked to this machine's HOME
+    for root in (home, Path.home()):  # the HOME these processes ran with (and this machine's): no token file
+        token_file = root / ".ray" / "auth_token"
+        assert not token_file.exists() or token not in token_file.read_text(), token_file
 
 
 def never_shows(token: str, run: Run, *folders: Path) -> None:

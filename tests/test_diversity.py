@@ -54,6 +54,7 @@ def test_unreadable_images_stay_last():
     assert set(order(keys)[-2:]) == {3, 20} and (keys[[3, 20]] == -1).all()
 
 
+@pytest.mark.slow
 def test_mining_with_diversity_through_the_entry(infer_task, sample):
     """The same forward pass gives the features: result.tsv holds every candidate, sorted,
     each score at most its plain entropy score, the first line unchanged."""

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -74,9 +75,16 @@ def test_mining_and_infer_in_one_pass(infer_task, sample):
     ranked = dict(read_tsv(run.out))
     result = check_infer_result(run.out, candidates(sample))
     assert run.output.count("mining + infer of 12 images") == 1  # one pass, not two
-    for path, score in ranked.items():  # the same detections feed both outputs
-        if not result[os.path.basename(path)]["boxes"]:
-            assert score == 0
+    # the same detections feed both outputs: each image's score is the entropy of its boxes
+    from ray_app.mining.entropy import score as entropy
+
+    names = list(sample.class_names)
+    assert any(entry["boxes"] for entry in result.values())  # the check below compares something
+    for path, score in ranked.items():
+        boxes = result[os.path.basename(path)]["boxes"]
+        expected = entropy(np.array([b["score"] for b in boxes]), np.array([names.index(b["class_name"]) for b in boxes]),
+                           0.0, None)
+        assert score == pytest.approx(expected, abs=1e-4), (path, score, boxes)
 
 
 def test_bad_images_cost_only_themselves(infer_task, sample, tmp_path):

@@ -78,9 +78,10 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         port = s.getsockname()[1]
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    env["HOME"] = str(tmp_path)  # the other Ray's token file (~/.ray/auth_token) stays in the test's folder
     try:
+        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
         proc = subprocess.run([sys.executable, "-c", LOCAL], env=env, capture_output=True, text=True, cwd=REPO,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -88,7 +89,7 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         assert fields[0] == "GCS" and not fields[1].endswith(f":{port}"), proc.stdout
         assert float(fields[3]) == os.cpu_count(), proc.stdout
         other = subprocess.run([sys.executable, "-c", OTHER.format(address=f"127.0.0.1:{port}")],
-                               env={**env, "RAY_AUTH_MODE": "token"},  # its token: ~/.ray/auth_token
+                               env={**env, "RAY_AUTH_MODE": "token"},  # its token: $HOME/.ray/auth_token
                                capture_output=True, text=True, cwd=REPO, timeout=300)
         assert other.returncode == 0 and other.stdout.split() == ["CPU", "1.0"], other.stdout + other.stderr[-3000:]
     finally:
