@@ -3,13 +3,13 @@
 The YMIR container alone sees ``/in`` (the images) and ``/out`` (the COCO files made from
 the index, the pretrained weights). A worker on another node asks a :class:`DatasetServer`
 actor, which runs on the driver's node, for those files and the images the COCO files list,
-writes them to its node's temp dir
-once (the first worker of a node stages, the others wait on a file lock) and trains from
-there, its work dir in the same folder. Once training has ended, the driver has every node
-remove that folder (:func:`remove_staged_copies`): a long-lived cluster would otherwise keep a
-copy of every task's dataset on every node that trained it. Why staging and not streaming: mmengine's datasets and samplers read files by path
-every epoch; staging once per node costs one transfer of the dataset per node, however many
-epochs follow.
+writes them to its node's temp dir once (the first worker of a node stages, the others wait on
+a file lock) and trains from there, its work dir in the same folder. Once training has ended,
+the driver has every node remove that folder (:func:`remove_staged_copies`): a long-lived
+cluster would otherwise keep a copy of every task's dataset on every node that trained it.
+Why staging and not streaming: mmengine's datasets and samplers read files by path every
+epoch; staging once per node costs one transfer of the dataset per node, however many epochs
+follow.
 """
 
 from __future__ import annotations
