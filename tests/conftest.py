@@ -72,6 +72,19 @@ def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | 
     return Run(proc.returncode, proc.stdout + proc.stderr, out)
 
 
+@pytest.fixture(autouse=True)
+def ray_auth_mode_restored():
+    """``ray.init`` of a new local Ray sets ``RAY_AUTH_MODE=token`` in this process's
+    environment for good (Ray 2.60), which every process a later test starts would inherit:
+    a test's outcome would then depend on the tests before it. Restored after each test."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
+
+
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory) -> SampleData:
     """A small synthetic dataset: 48 train, 16 val, 12 candidate images of 128 px."""

@@ -81,7 +81,9 @@ def assert_same_outputs(one: Path, two: Path, images: int) -> None:
 def test_training_on_two_nodes(tmp_path, sample, trained):
     """Train workers on two nodes: data staged through Ray to the node without /in, resume
     checkpoints in ``ray_storage_path``, stages in /out/models as on one machine. Without
-    ``ray_storage_path`` a multi-node run is refused with 300001 before anything starts."""
+    ``ray_storage_path`` a multi-node run is refused with 300001 before anything starts. A run
+    that stops on an error after staging (a NaN loss) leaves no staged copy either: the
+    driver has every node remove it."""
     models, files = best_stage_files(trained)
     config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "pretrained_model_params": files}
     staged_before = set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*"))
@@ -94,8 +96,15 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
         run = run_entry(write_task(tmp_path / "train", sample, run_training=True, models_dir=models,
                                    config={**config, "ray_address": cluster.address,
                                            "ray_storage_path": str(shared)}))
+        diverged = run_entry(write_task(tmp_path / "nan", sample, run_training=True, models_dir=models,
+                                        config={**config, "ray_address": cluster.address, "learning_rate": 1e12,
+                                                "ray_storage_path": str(tmp_path / "nan-storage")}))
     finally:
         cluster.shutdown()
+    assert diverged.returncode == 1 and diverged.monitor()[3:5] == ["4", "300201"], diverged.output[-3000:]
+    assert "staged " in diverged.output  # it got as far as staging, then stopped on its own error
+    assert "removed the staged training data a stopped run left on" in diverged.output, diverged.output[-3000:]
+    assert set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*")) <= staged_before
     assert refused.returncode == 1 and refused.monitor()[3:5] == ["4", "300001"]
     assert "needs ray_storage_path" in refused.monitor()[5]
 
@@ -116,10 +125,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     assert result["mAP"] > 0.5 * reference["mAP"]  # started from the pretrained stage, on both nodes
     assert run.monitor()[3] == "3"
     assert not list(shared.glob("ymir-*"))  # resume state removed once training is done
-    # the other node's copy of the data (and its work dir) removed too, once training ended
-    staging_nodes = {node for _, node, elsewhere in workers if elsewhere}  # one or both, as Ray placed them
-    assert f"removed the staged training data from {len(staging_nodes)} other node(s)" in run.output, \
-        run.output[-3000:]
+    # the other nodes' copies of the data (and their work dirs) removed too, once training ended
     assert set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*")) <= staged_before
 
 

@@ -77,11 +77,15 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_cli = str(Path(sys.executable).parent / "ray")
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["HOME"] = str(tmp_path)  # the other Ray's token file (~/.ray/auth_token) stays in the test's folder
+    # a user's default environment (no address, no auth settings), and a HOME of the test's own:
+    # the other Ray's token file (~/.ray/auth_token, made by `ray start`) stays in its folder
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env["HOME"] = str(tmp_path)
     try:
-        subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
-                        "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+        started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=1",
+                                  "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                                 capture_output=True, text=True, timeout=180)
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-3000:]
         proc = subprocess.run([sys.executable, "-c", LOCAL], env=env, capture_output=True, text=True, cwd=REPO,
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,9 +4,11 @@ The YMIR container alone sees ``/in`` (the images) and ``/out`` (the COCO files 
 the index, the pretrained weights). A worker on another node asks a :class:`DatasetServer`
 actor, which runs on the driver's node, for those files and the images the COCO files list,
 writes them to its node's temp dir once (the first worker of a node stages, the others wait on
-a file lock) and trains from there, its work dir in the same folder. Once training has ended,
-the driver has every node remove that folder (:func:`remove_staged_copies`): a long-lived
-cluster would otherwise keep a copy of every task's dataset on every node that trained it.
+a file lock) and trains from there, its work dir in the same folder. A worker that finishes
+removes its node's folder; once training has ended, whatever the outcome, the driver has every
+node remove what is left (:func:`remove_staged_copies`): a run stopped by an error would
+otherwise leave a copy of its dataset on every node that trained it, on a long-lived cluster
+one per failed task.
 Why staging and not streaming: mmengine's datasets and samplers read files by path every
 epoch; staging once per node costs one transfer of the dataset per node, however many epochs
 follow.
@@ -91,8 +93,9 @@ def remove_staged(task_id: str, token: str) -> bool:
 
 
 def remove_staged_copies(server: ActorHandle, task_id: str) -> int:
-    """Once training has ended: every alive node removes the run's staged copy (a task pinned
-    to each node; the driver's node has none). How many nodes had one; a node that does not
+    """Once training has ended: every alive node removes what is left of the run's staged copy
+    (a task pinned to each node; the driver's node has none; a worker that finished removed its
+    own). How many nodes still had one; a node that does not
     answer within ``REMOVE_TIMEOUT_S`` is named in a warning, never an error of the task."""
     token = ray.get(server.files.remote())[2]
     remove = ray.remote(num_cpus=0, max_retries=0)(remove_staged)

@@ -223,8 +223,9 @@ def run_training(env: EnvConfig, monitor: Monitor) -> None:
             error = e
         if server is not None:  # other nodes' copies of the data, whatever the outcome
             try:
-                log.info("removed the staged training data from %d other node(s)",
-                         remove_staged_copies(server, env.task_id))
+                left = remove_staged_copies(server, env.task_id)  # a finished worker removes its own
+                if left:
+                    log.info("removed the staged training data a stopped run left on %d other node(s)", left)
             except Exception as cleanup:  # never in the way of the run's own outcome
                 log.warning("could not remove the staged training data from the other nodes: %s", cleanup)
         failure = ray.get(outputs.fatal.remote())  # e.g. NaN loss, recorded by the worker that hit it
