@@ -88,19 +88,24 @@ _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _TORCH_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
-def _refusal(path: Path, error: pickle.UnpicklingError) -> str:
+def _damaged(path: Path, cause: str) -> YmirError:
+    return YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: {cause}")
+
+
+def _refusal(path: Path, error: pickle.UnpicklingError) -> YmirError:
     """One line for a load torch's restricted unpickler refused: the global it met, else its
     cause, without torch's surrounding lines."""
     text = str(error)
     found = _REFUSED_GLOBAL.search(text)
     if found:
-        return f"model file {path} was refused: it holds a pickled {found.group(1)}, which is not allowed"
+        return YmirError(ErrorCode.MODEL, f"model file {path} was refused: it holds a pickled {found.group(1)}, "
+                                          "which is not allowed")
     causes = []
     for line in text.splitlines():
         cause = line.split("WeightsUnpickler error:")[-1].strip()
         if cause and not cause.startswith(_TORCH_BOILERPLATE):
             causes.append(cause)
-    return f"model file {path} is damaged or not a PyTorch checkpoint: {'; '.join(causes) or 'refused by the safe loader'}"
+    return _damaged(path, "; ".join(causes) or "refused by the safe loader")
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -111,7 +116,7 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
     and numpy values). No unrestricted unpickler ever sees the file: an earlier version
     retried refused files with ``weights_only=False`` and its own ``pickle_module``, whose
     plain ``pickle.load`` torch calls first on a legacy (non-zip) file, which ran the code in
-    a raw pickle (``tests/test_checkpoints.py::test_raw_pickle_runs_nothing``). Missing,
+    a raw pickle (``tests/test_checkpoints.py::test_malicious_pickle_runs_nothing``). Missing,
     damaged or refused files are error 300004 naming the file.
     """
     path = Path(path)
@@ -121,10 +126,9 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, Any]:
         with _LOAD_LOCK, torch.serialization.safe_globals(SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise YmirError(ErrorCode.MODEL, _refusal(path, e)) from None
+        raise _refusal(path, e) from None
     except (RuntimeError, OSError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise YmirError(ErrorCode.MODEL, f"model file {path} is damaged or not a PyTorch checkpoint: "
-                                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise _damaged(path, str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     if isinstance(checkpoint, dict) and "state_dict" not in checkpoint and all(
             isinstance(v, torch.Tensor) for v in checkpoint.values()):
         checkpoint = {"state_dict": checkpoint, "meta": {}}  # a bare state dict

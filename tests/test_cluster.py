@@ -35,6 +35,11 @@ def inference_task(root: Path, data: SampleData, trained: Run, **config) -> Path
                       config={**base, "mining_algorithm": "entropy", **config})
 
 
+def staged_dirs() -> set[Path]:
+    """The staged copies of training data on this machine (every node of a test cluster shares it)."""
+    return set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*"))
+
+
 def start_cluster(head_cpus: int, worker_cpus: list[int]) -> Cluster:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
     for cpus in worker_cpus:
@@ -86,7 +91,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     driver has every node remove it."""
     models, files = best_stage_files(trained)
     config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "pretrained_model_params": files}
-    staged_before = set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*"))
+    staged_before = staged_dirs()
     # one CPU per node: the two workers (1 CPU each) cannot share a node
     cluster = start_cluster(1, [1, 1])
     try:
@@ -104,7 +109,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     assert diverged.returncode == 1 and diverged.monitor()[3:5] == ["4", "300201"], diverged.output[-3000:]
     assert "staged " in diverged.output  # it got as far as staging, then stopped on its own error
     assert "removed the staged training data a stopped run left on" in diverged.output, diverged.output[-3000:]
-    assert set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*")) <= staged_before
+    assert staged_dirs() <= staged_before
     assert refused.returncode == 1 and refused.monitor()[3:5] == ["4", "300001"]
     assert "needs ray_storage_path" in refused.monitor()[5]
 
@@ -126,7 +131,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     assert run.monitor()[3] == "3"
     assert not list(shared.glob("ymir-*"))  # resume state removed once training is done
     # the other nodes' copies of the data (and their work dirs) removed too, once training ended
-    assert set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*")) <= staged_before
+    assert staged_dirs() <= staged_before
 
 
 def test_node_lost_during_inference_loses_no_image(tmp_path, trained, monkeypatch):

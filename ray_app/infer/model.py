@@ -21,7 +21,7 @@ from ray_app.config_files import load_config_safely
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
 from ray_app.protocol.model_files import pick_config, pick_weights, resolve
-from ray_app.model_config.edit import apply_cfg_options, set_img_size
+from ray_app.model_config.edit import apply_cfg_options, img_scale, set_img_size
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,8 @@ class ModelBundle:
 
     @property
     def input_size(self) -> int:
-        """The square network input the stage runs at: its config's ``img_scale`` (640 where a
-        foreign config has none)."""
-        return int(self.cfg.get("img_scale", (640, 640))[0])
+        """The square network input the stage runs at (:func:`~ray_app.model_config.edit.img_scale`)."""
+        return img_scale(self.cfg)
 
 
 def load_stage(params: InferParams, models_dir: str) -> ModelBundle:

@@ -48,6 +48,11 @@ def set_num_classes(cfg: Config, num_classes: int) -> None:
     cfg.num_classes = num_classes
 
 
+def img_scale(cfg: Config) -> int:
+    """The square input size a config runs at: its ``img_scale`` (640 where a foreign config has none)."""
+    return int(cfg.get("img_scale", (640, 640))[0])
+
+
 def input_step(cfg: Config) -> int:
     """The multiple each side of the network's input must be: the head's largest stride
     (32; 64 for the P6 models, whose fourth output level has stride 64). Another size gives
@@ -66,7 +71,7 @@ def set_img_size(cfg: Config, size: int) -> None:
         below = max(step, size // step * step)
         raise YmirError(ErrorCode.CONFIG, f"img_size {size} does not fit this model: its largest stride is {step}, "
                                           f"so img_size must be a multiple of {step} (e.g. {below} or {below + step})")
-    base = int(cfg.get("img_scale", (640, 640))[0])
+    base = img_scale(cfg)
     mapping = {base: size, 2 * base: 2 * size, -(base // 2): -(size // 2)}
     if "test_img_scale" in cfg:  # yolox tiny/nano test at another size than they train
         mapping.setdefault(int(cfg.test_img_scale[0]), size)

@@ -95,8 +95,8 @@ def remove_staged(task_id: str, token: str) -> bool:
 def remove_staged_copies(server: ActorHandle, task_id: str) -> int:
     """Once training has ended: every alive node removes what is left of the run's staged copy
     (a task pinned to each node; the driver's node has none; a worker that finished removed its
-    own). How many nodes still had one; a node that does not
-    answer within ``REMOVE_TIMEOUT_S`` is named in a warning, never an error of the task."""
+    own). How many nodes still had one; a node that does not answer within
+    ``REMOVE_TIMEOUT_S`` is named in a warning, never an error of the task."""
     token = ray.get(server.files.remote())[2]
     remove = ray.remote(num_cpus=0, max_retries=0)(remove_staged)
     pending = {remove.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))

@@ -101,15 +101,15 @@ def train_worker(config: dict[str, Any]) -> None:
     remote = node != spec.driver_node
     print(f"[rank {rank}] Ray Train worker on node {node[:8]}"
           f"{' (another node than the driver: staging the data)' if remote else ''}", flush=True)
+    stage_dir = None  # on another node: this run's folder there (data, work dir), removed when done
     if remote:  # /in and /out are not here
         staged = stage_dataset(spec.dataset_server, spec.task_id)
         train_json, val_json = spec.coco_files
         set_dataset(cfg, Path(staged[train_json]), Path(staged[val_json]), list(spec.class_names))
         if cfg.get("load_from"):
             cfg.load_from = staged[cfg.load_from]
-    # on another node, this run's folder holds the work dir too: removed with the staged data
-    work_root = str(Path(staged[spec.coco_files[0]]).parent / "work") if remote else spec.work_root
-    work_dir = local_work_dir(work_root, rank)
+        stage_dir = Path(staged[train_json]).parent
+    work_dir = local_work_dir(str(stage_dir / "work") if stage_dir else spec.work_root, rank)
     cfg.work_dir = str(work_dir)
     tensorboard_dir = work_dir / "tensorboard"
     for backend in cfg.visualizer.vis_backends:
@@ -144,5 +144,5 @@ def train_worker(config: dict[str, Any]) -> None:
             record_fatal(spec.outputs, "preparing training (datasets, optimizer, starting weights, first iteration)",
                          spec.model_name, error)
         raise
-    if remote and context.get_local_rank() == 0:  # every rank is past the last validation: done with the copy
-        shutil.rmtree(Path(staged[train_json]).parent, ignore_errors=True)
+    if stage_dir and context.get_local_rank() == 0:  # every rank is past the last validation: done with the copy
+        shutil.rmtree(stage_dir, ignore_errors=True)
