@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -44,6 +46,23 @@ def configure_logging() -> None:
         level=logging.INFO, stream=sys.stderr, force=True,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
     )
+
+
+def usable_home() -> None:
+    """A HOME this user can write, for the task's processes and what their libraries keep
+    there (matplotlib's config, which mmengine's visualiser imports; CUDA's kernel cache).
+
+    Under ``docker run --user UID:GID`` with a UID the image does not know, Docker sets HOME to
+    ``/``, which that user cannot write: matplotlib then warns twice on every import. HOME
+    becomes a new private folder in the temp dir instead (one log line); a usable HOME is
+    left as it is. The local Ray's token is never written there (``ray_session.local_ray_token``)."""
+    home = os.environ.get("HOME", "")
+    if home and os.path.isdir(home) and os.access(home, os.W_OK | os.X_OK):
+        return
+    private = tempfile.mkdtemp(prefix="ray_app-home-")
+    os.environ["HOME"] = private
+    log.info("HOME %s is not a folder this user (uid %d) can write, as under docker run --user with a UID the "
+             "image does not know: this task's processes use %s", home or "(unset)", os.getuid(), private)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -114,6 +133,7 @@ def _report(monitor: Monitor | None, code: int, message: str, trace: str) -> Non
 def main(argv: list[str] | None = None) -> int:
     build_parser().parse_args(argv)
     configure_logging()
+    usable_home()
     signal.signal(signal.SIGTERM, _terminate)
     env: EnvConfig | None = None
     monitor: Monitor | None = None

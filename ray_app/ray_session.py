@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -68,13 +69,38 @@ def use_auth_token(token: str) -> str:
     chosen = from_env or token.strip()
     if not chosen:
         return ""
-    os.environ[AUTH_TOKEN_VARIABLE] = chosen
+    _present_token(chosen)
+    return AUTH_TOKEN_VARIABLE if from_env else TOKEN_HYPERPARAMETER
+
+
+def _present_token(token: str) -> None:
+    """This process and every process it starts present ``token``: ``RAY_AUTH_TOKEN`` in the
+    environment, and ``RAY_AUTH_MODE=token`` unless the environment sets a mode."""
+    os.environ[AUTH_TOKEN_VARIABLE] = token
     os.environ.setdefault(AUTH_MODE_VARIABLE, "token")
     from ray._raylet import AuthenticationTokenLoader, Config
 
     Config.initialize("")  # Ray caches its config and token at import: read the environment again
     AuthenticationTokenLoader.instance().reset_cache()
-    return AUTH_TOKEN_VARIABLE if from_env else TOKEN_HYPERPARAMETER
+
+
+def local_ray_token() -> bool:
+    """Token authentication for the task's local Ray, with a token that lives only in the
+    environment of the task's processes. Returns whether it is on.
+
+    Ray (2.52+) turns token authentication on for every new local Ray and, when no token is
+    set, writes a new one to ``~/.ray/auth_token`` before it starts. Under ``docker run --user
+    UID:GID`` with a UID the image does not know, HOME is ``/``, which that user cannot write,
+    and every task failed there before Ray started (300001, ``Permission denied: '/.ray'``). On
+    a machine's own account the file stays, and from then on every ``ray`` command of that user
+    turns token authentication on. So the local Ray gets a random 256-bit token (as Ray's own)
+    in ``RAY_AUTH_TOKEN``, or the one the environment already holds; nothing is written.
+    ``RAY_AUTH_MODE=disabled`` in the image's environment turns authentication off, as Ray's
+    own setting."""
+    if os.environ.get(AUTH_MODE_VARIABLE, "token").strip().lower() != "token":
+        return False
+    _present_token(os.environ.get(AUTH_TOKEN_VARIABLE, "").strip() or secrets.token_hex(32))
+    return True
 
 
 def check_authentication(address: str, token_source: str) -> None:
@@ -144,13 +170,15 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
 def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tuple[str, bool]:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), presenting ``auth_token`` (see
     :func:`use_auth_token`), else start a local Ray sized to this container with only the
-    GPUs in ``gpu_ids`` visible, and no dashboard (see :func:`ray_session`). Returns the
-    cluster's address ("" for a local Ray) and whether this container joined it as a node."""
+    GPUs in ``gpu_ids`` visible, no dashboard (see :func:`ray_session`) and a token kept in
+    the environment (:func:`local_ray_token`). Returns the cluster's address ("" for a local
+    Ray) and whether this container joined it as a node."""
     address = cluster_address(address)
     if not address:
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard)", os.cpu_count() or 1, len(gpu_ids))
+        auth = "token authentication" if local_ray_token() else f"no authentication ({AUTH_MODE_VARIABLE})"
+        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard, %s)", os.cpu_count() or 1, len(gpu_ids), auth)
         # address="local": always a new Ray of our own, even if another runs on this machine
         ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=False,
                  log_to_driver=True, configure_logging=False)

@@ -75,14 +75,16 @@ def run_entry(env_file: Path, timeout: float = 600, extra_env: dict[str, str] | 
 @pytest.fixture(autouse=True)
 def ray_auth_mode_restored():
     """``ray.init`` of a new local Ray sets ``RAY_AUTH_MODE=token`` in this process's
-    environment for good (Ray 2.60), which every process a later test starts would inherit:
-    a test's outcome would then depend on the tests before it. Restored after each test."""
-    saved = os.environ.get("RAY_AUTH_MODE")
+    environment for good (Ray 2.60), and ``ray_session`` sets the token too
+    (``RAY_AUTH_TOKEN``), which every process a later test starts would inherit: a test's
+    outcome would then depend on the tests before it. Both are restored after each test."""
+    saved = {name: os.environ.get(name) for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     yield
-    if saved is None:
-        os.environ.pop("RAY_AUTH_MODE", None)
-    else:
-        os.environ["RAY_AUTH_MODE"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")

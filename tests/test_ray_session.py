@@ -4,11 +4,15 @@ of its own as the entry starts it: what it must not do."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+
+from conftest import REPO, run_entry
 
 #: the child: start the executor's local Ray, then read what Ray's dashboard process decided
 #: about usage reports (it logs one line at its start), waiting for that line, not for a time
@@ -77,8 +81,9 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray_cli = str(Path(sys.executable).parent / "ray")
-    # a user's default environment (no address, no auth settings), and a HOME of the test's own:
-    # the other Ray's token file (~/.ray/auth_token, made by `ray start`) stays in its folder
+    # a user's default environment (no address, no auth settings), and a HOME of the test's own
+    # with no ~/.ray/auth_token: `ray start` then starts a Ray without authentication (it turns
+    # token authentication on only when it finds a token), and the task leaves no token there
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     env["HOME"] = str(tmp_path)
     try:
@@ -92,8 +97,8 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         fields = proc.stdout.split()
         assert fields[0] == "GCS" and not fields[1].endswith(f":{port}"), proc.stdout
         assert float(fields[3]) == os.cpu_count(), proc.stdout
-        other = subprocess.run([sys.executable, "-c", OTHER.format(address=f"127.0.0.1:{port}")],
-                               env={**env, "RAY_AUTH_MODE": "token"},  # its token: $HOME/.ray/auth_token
+        assert not (tmp_path / ".ray" / "auth_token").exists()  # else the other Ray's clients would present it
+        other = subprocess.run([sys.executable, "-c", OTHER.format(address=f"127.0.0.1:{port}")], env=env,
                                capture_output=True, text=True, cwd=REPO, timeout=300)
         assert other.returncode == 0 and other.stdout.split() == ["CPU", "1.0"], other.stdout + other.stderr[-3000:]
     finally:
@@ -110,3 +115,51 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         current = Path("/tmp/ray/ray_current_cluster")  # as `ray stop` does: no later ray.init() looks for it
         if current.is_file() and current.read_text().strip().endswith(f":{port}"):
             current.unlink()
+
+
+@pytest.mark.slow
+def test_a_home_the_user_cannot_write(infer_task, tmp_path):
+    """``docker run --user UID:GID`` with a UID the image does not know: Docker sets HOME to
+    ``/``, which that user cannot write. Ray wrote the local Ray's token to ``~/.ray/auth_token``
+    before it started, so every task failed there (300001). Root, which runs the tests, may
+    write anywhere, so this HOME lies under a regular file: creating anything in it fails at
+    the same call (``ENOTDIR``, where that user gets ``EACCES``). The task ends done, says in
+    one line which HOME its processes used instead, no library warns about it (matplotlib
+    did, twice), and no token is written there."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = run_entry(infer_task(run_mining=False, run_infer=True), extra_env={"HOME": str(blocker / "home")})
+    private = re.search(r"HOME \S+ is not a folder this user \(uid \d+\) can write.*use (\S+)$", run.output, re.M)
+    try:
+        assert run.returncode == 0, run.output[-3000:]
+        assert run.monitor()[2:4] == ["1.0000", "3"]
+        assert private, run.output[-3000:]
+        assert "starting a local Ray (" in run.output and ", token authentication)" in run.output
+        assert "matplotlib" not in run.output, run.output[-3000:]
+        assert not (Path(private.group(1)) / ".ray").exists()
+    finally:
+        if private:
+            shutil.rmtree(private.group(1), ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_local_ray_writes_no_token_file(infer_task, tmp_path):
+    """With a usable HOME, HOME stays, and the local Ray's token stays in its processes'
+    environment: Ray's own default wrote it to ``~/.ray/auth_token``, after which every ``ray``
+    command of that user on the machine turns token authentication on."""
+    home = tmp_path / "home"
+    home.mkdir()
+    run = run_entry(infer_task(run_mining=False, run_infer=True), extra_env={"HOME": str(home)})
+    assert run.returncode == 0, run.output[-3000:]
+    assert not (home / ".ray").exists(), sorted(p.name for p in (home / ".ray").iterdir())
+    assert ", token authentication)" in run.output and "is not a folder this user" not in run.output
+
+
+def test_ray_auth_mode_disabled_turns_the_local_token_off(monkeypatch):
+    """An operator's ``RAY_AUTH_MODE=disabled`` (Ray's own setting) is kept: no token is made."""
+    from ray_app.ray_session import local_ray_token
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    assert local_ray_token() is False
+    assert "RAY_AUTH_TOKEN" not in os.environ
