@@ -20,6 +20,7 @@ from typing import TypeVar
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ray_app.devices import nvml_gpus
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import CommonParams
 
@@ -147,10 +148,8 @@ def this_machine_is_a_node() -> bool:
 def join_as_node(address: str, gpu_ids: list[int]) -> None:
     """``ray start --address``: this container becomes a Ray node with its own CPUs and GPUs,
     so the driver (which alone reads /in and writes /out) runs on a node of the cluster."""
-    import torch
-
     ray_cli = Path(sys.executable).with_name("ray")
-    gpu_ids = [g for g in gpu_ids if g < torch.cuda.device_count()]  # the ones this container has
+    gpu_ids = [g for g in gpu_ids if g < container_gpus()]  # the ones this container has
     command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={os.cpu_count() or 1}",
                f"--num-gpus={len(gpu_ids)}", "--disable-usage-stats", *NODE_PORTS]
     env = dict(os.environ)
@@ -315,14 +314,25 @@ def check_gpus(params: CommonParams) -> list[int]:
     gpu_ids = params.gpu_ids
     if not gpu_ids or cluster_address(params.ray_address):
         return gpu_ids
-    import torch  # only when GPUs are asked for: a CPU task's driver needs no CUDA query
-
-    if not torch.cuda.is_available():
+    visible = container_gpus()
+    if not visible:
         raise YmirError(ErrorCode.NO_GPU, f"gpu_id {params.gpu_id!r} was given but no GPU is visible in the container")
-    if max(gpu_ids) >= torch.cuda.device_count():
+    if max(gpu_ids) >= visible:
         raise YmirError(ErrorCode.GPU_MISMATCH, f"gpu_id {params.gpu_id!r} asks for GPU {max(gpu_ids)} but only "
-                                                f"{torch.cuda.device_count()} are visible")
+                                                f"{visible} are visible")
     return gpu_ids
+
+
+def container_gpus() -> int:
+    """The GPUs this container has: NVML's count (``devices.nvml_gpus``: no torch import and
+    no CUDA initialisation before Ray starts), else, without NVML, torch's. Whether torch can
+    use them is checked where a model runs (``devices.model_device``)."""
+    count = nvml_gpus()
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count
 
 
 def check_cluster_gpus(needed: int) -> None:

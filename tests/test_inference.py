@@ -273,3 +273,32 @@ def test_model_size_by_default_and_cfg_options(tmp_path, sample, trained):
     result = json.loads((run.out / "infer-result.json").read_text())["detection"]
     boxes = [len(entry["boxes"]) for entry in result.values()]
     assert len(boxes) == 12 and max(boxes) == 1, boxes
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine's torch can use a GPU")
+def test_a_gpu_torch_cannot_use_is_300102_in_the_model_actor(sample, trained):
+    """A model actor that Ray gives a GPU torch cannot use (here a Ray that declares one GPU on
+    a CPU machine, as a node with a broken driver would) ends the task with 300102 and the
+    reason; it used to run the model on the CPU without a word."""
+    import ray
+
+    from conftest import best_stage_files
+    from ray_app.infer.model import load_stage
+    from ray_app.infer.pipeline import stream_results
+    from ray_app.protocol.errors import ErrorCode, describe
+    from ray_app.protocol.hyperparams import InferParams
+
+    models, files = best_stage_files(trained)
+    params = InferParams.model_validate(dict(class_names=sample.class_names, gpu_id="0", model_params_path=files,
+                                             img_size=128, samples_per_gpu=4, workers_per_gpu=1, cpu_num_workers=1,
+                                             conf_threshold=0.05, iou_threshold=0.65))
+    bundle = load_stage(params, str(models))
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, address="local")
+    try:
+        with pytest.raises(Exception) as raised:
+            list(stream_results(candidates(sample), bundle, params, None, [0], "t1"))
+    finally:
+        ray.shutdown()
+    code, message = describe(raised.value)
+    assert code == ErrorCode.NO_GPU, (code, message)
+    assert message.startswith("a GPU was asked for but torch cannot use one here: "), message

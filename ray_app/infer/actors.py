@@ -26,6 +26,7 @@ import numpy as np
 import ray
 import torch
 
+from ray_app.devices import model_device
 from ray_app.infer.images import decode_bgr, with_bytes
 from ray_app.infer.model import Detector, ModelBundle, Pass
 from ray_app.mining import ALGORITHMS, MiningBatch
@@ -142,7 +143,7 @@ class DetectorActor:
     def __init__(self, spec: DetectorSpec) -> None:
         skip_training_only_imports()
         bundle = ray.get(spec.bundle) if isinstance(spec.bundle, ray.ObjectRef) else spec.bundle
-        device = "cuda:0" if spec.use_gpu and torch.cuda.is_available() else "cpu"
+        device = model_device(spec.use_gpu)
         if device == "cpu":
             torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
         self.detector = Detector(bundle, device)

@@ -14,6 +14,8 @@ import torch
 from mmengine.config import Config
 from mmengine.runner import Runner
 
+from ray_app.devices import model_device
+from ray_app.protocol.errors import YmirError
 from ray_app.train.config import set_dataset
 from ray_app.train.failures import peer_gone, record_fatal
 from ray_app.train.hooks import RESUME_FILE, FitStartingWeights, IterationsStarted, ymir_hooks
@@ -95,7 +97,11 @@ def train_worker(config: dict[str, Any]) -> None:
     cfg: Config = spec.cfg.copy()
     context = ray.train.get_context()
     rank = context.get_world_rank()
-    use_gpu = torch.cuda.is_available() and spec.use_gpu
+    try:
+        use_gpu = model_device(spec.use_gpu) != "cpu"
+    except YmirError as error:  # a GPU torch cannot use: no restart changes that
+        record_fatal(spec.outputs, "finding this worker's GPU", spec.model_name, error)
+        raise
     adapt_to_device(cfg, use_gpu, context.get_world_size())
     node = ray.get_runtime_context().get_node_id()
     remote = node != spec.driver_node
