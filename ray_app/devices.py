@@ -1,4 +1,4 @@
-"""The GPUs this container has, and the device a model runs on.
+"""The CPUs and GPUs this container has, and the device a model runs on.
 
 The driver counts GPUs through NVML (the NVIDIA driver's management library, Ray's own
 binding), which neither imports torch nor initialises CUDA: it used to do both, one after the
@@ -17,6 +17,20 @@ from ray_app.protocol.errors import ErrorCode, YmirError
 #: where the image's CUDA build is chosen (``--build-arg CUDA_BUILD``): the answer to a driver
 #: too old for the torch it has (``TORCH_INDEX_URL`` for a wheelhouse: docs/install.md)
 CUDA_BUILD_DOC = "README, 'The image': CUDA_BUILD"
+
+
+def container_cpus() -> int:
+    """The CPUs this container may use, for the local Ray (or the node it joins as): those it
+    may run on (``docker run --cpuset-cpus``, a ``taskset``), at most its CPU quota (``--cpus``,
+    a Kubernetes limit: read from the cgroup by Ray's own detection, rounded down), at least 1.
+
+    ``os.cpu_count()``, which Ray used to be given, counts the host's: in a container limited
+    to 4 of 64 cores Ray had 64 CPUs, a CPU model actor ran 64 batches at once and a Train
+    worker 64 torch threads, on 4 cores."""
+    from ray._private.utils import get_num_cpus
+
+    quota = int(get_num_cpus(override_docker_cpu_warning=True))
+    return max(1, min(len(os.sched_getaffinity(0)), quota))
 
 
 def nvml_gpus() -> int | None:

@@ -20,7 +20,7 @@ from typing import TypeVar
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_app.devices import nvml_gpus
+from ray_app.devices import container_cpus, nvml_gpus
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import CommonParams
 
@@ -150,7 +150,7 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
     so the driver (which alone reads /in and writes /out) runs on a node of the cluster."""
     ray_cli = Path(sys.executable).with_name("ray")
     gpu_ids = [g for g in gpu_ids if g < container_gpus()]  # the ones this container has
-    command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={os.cpu_count() or 1}",
+    command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={container_cpus()}",
                f"--num-gpus={len(gpu_ids)}", "--disable-usage-stats", *NODE_PORTS]
     env = dict(os.environ)
     if gpu_ids:
@@ -177,9 +177,10 @@ def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tup
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         auth = "token authentication" if local_ray_token() else f"no authentication ({AUTH_MODE_VARIABLE})"
-        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard, %s)", os.cpu_count() or 1, len(gpu_ids), auth)
+        cpus = container_cpus()
+        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard, %s)", cpus, len(gpu_ids), auth)
         # address="local": always a new Ray of our own, even if another runs on this machine
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, num_gpus=len(gpu_ids), include_dashboard=False,
+        ray.init(address="local", num_cpus=cpus, num_gpus=len(gpu_ids), include_dashboard=False,
                  log_to_driver=True, configure_logging=False)
         return "", False
     token_source = use_auth_token(auth_token)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_entry
+from ray_app.devices import container_cpus
 
 #: the child: start the executor's local Ray, then read what Ray's dashboard process decided
 #: about usage reports (it logs one line at its start), waiting for that line, not for a time
@@ -96,7 +97,7 @@ def test_a_ray_already_on_the_machine_is_left_alone(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         fields = proc.stdout.split()
         assert fields[0] == "GCS" and not fields[1].endswith(f":{port}"), proc.stdout
-        assert float(fields[3]) == os.cpu_count(), proc.stdout
+        assert float(fields[3]) == container_cpus(), proc.stdout
         assert not (tmp_path / ".ray" / "auth_token").exists()  # else the other Ray's clients would present it
         other = subprocess.run([sys.executable, "-c", OTHER.format(address=f"127.0.0.1:{port}")], env=env,
                                capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -163,3 +164,20 @@ def test_ray_auth_mode_disabled_turns_the_local_token_off(monkeypatch):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     assert local_ray_token() is False
     assert "RAY_AUTH_TOKEN" not in os.environ
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to leave one out")
+def test_the_local_ray_has_the_cpus_the_container_may_use(infer_task):
+    """A task that may run on one CPU of this machine (as under ``docker run --cpuset-cpus 0``;
+    ``--cpus`` quotas are read from the cgroup by Ray's own detection) starts a Ray of one CPU,
+    and its model actor runs one batch at a time. It was given ``os.cpu_count()``, the
+    host's CPUs."""
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(allowed)})  # the entry and every process it starts inherit it
+    try:
+        run = run_entry(infer_task(run_mining=False, run_infer=True))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "starting a local Ray (1 CPUs, 0 GPUs" in run.output, run.output[-3000:]
