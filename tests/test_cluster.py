@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,12 +42,28 @@ def staged_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir(), "ray_app").glob("staged-*"))
 
 
-def start_cluster(head_cpus: int, worker_cpus: list[int]) -> Cluster:
+@contextmanager
+def running_cluster(head_cpus: int, worker_cpus: list[int]) -> Iterator[Cluster]:
+    """A head and worker nodes on this machine, shut down when the block ends, however it
+    ends: also when a node fails to start or a step before the test's own ``try`` fails, so
+    that no Ray of one test is left for the next."""
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus})
-    for cpus in worker_cpus:
-        cluster.add_node(num_cpus=cpus)
-    cluster.wait_for_nodes()
-    return cluster
+    try:
+        for cpus in worker_cpus:
+            cluster.add_node(num_cpus=cpus)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+@contextmanager
+def released(holds: Holds) -> Iterator[Holds]:
+    """Every held pause point released when the block ends, however it ends."""
+    try:
+        yield holds
+    finally:
+        holds.release()
 
 
 def test_inference_on_two_nodes_matches_one_node(tmp_path, sample, trained):
@@ -55,12 +73,9 @@ def test_inference_on_two_nodes_matches_one_node(tmp_path, sample, trained):
     The cluster is given by ``RAY_ADDRESS`` here (the hyperparameter in the other tests)."""
     one = run_entry(inference_task(tmp_path / "one", sample, trained, cpu_num_workers=1))
     assert one.returncode == 0, one.output[-3000:]
-    cluster = start_cluster(0, [2])
-    head = cluster.head_node.node_id
-    try:
+    with running_cluster(0, [2]) as cluster:
+        head = cluster.head_node.node_id
         two = run_entry(inference_task(tmp_path / "two", sample, trained), extra_env={"RAY_ADDRESS": cluster.address})
-    finally:
-        cluster.shutdown()
     assert two.returncode == 0, two.output[-3000:]
     assert "joining the Ray cluster" in two.output and "Ray cluster: 2 node(s)" in two.output
     placed = set(re.findall(r"model actor ready on node (\w+)", two.output))
@@ -93,8 +108,7 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
     config = {**TRAIN_CONFIG, "max_epochs": 2, "val_interval": 1, "pretrained_model_params": files}
     staged_before = staged_dirs()
     # one CPU per node: the two workers (1 CPU each) cannot share a node
-    cluster = start_cluster(1, [1, 1])
-    try:
+    with running_cluster(1, [1, 1]) as cluster:
         refused = run_entry(write_task(tmp_path / "refused", sample, run_training=True, models_dir=models,
                                        config={**config, "ray_address": cluster.address}))
         shared = tmp_path / "shared-storage"
@@ -104,8 +118,6 @@ def test_training_on_two_nodes(tmp_path, sample, trained):
         diverged = run_entry(write_task(tmp_path / "nan", sample, run_training=True, models_dir=models,
                                         config={**config, "ray_address": cluster.address, "learning_rate": 1e12,
                                                 "ray_storage_path": str(tmp_path / "nan-storage")}))
-    finally:
-        cluster.shutdown()
     assert diverged.returncode == 1 and diverged.monitor()[3:5] == ["4", "300201"], diverged.output[-3000:]
     assert "staged " in diverged.output  # it got as far as staging, then stopped on its own error
     assert "removed the staged training data a stopped run left on" in diverged.output, diverged.output[-3000:]
@@ -144,12 +156,12 @@ def test_node_lost_during_inference_loses_no_image(tmp_path, trained, monkeypatc
     for name, value in holds.env.items():  # before the cluster starts: its workers inherit it
         monkeypatch.setenv(name, value)
     data = make_dataset(tmp_path / "data", n_train=0, n_val=0, n_candidates=200, image_size=128, seed=3)
-    cluster = start_cluster(0, [2, 2])  # the head offers no CPU: both model actors are on worker nodes
-    workers = {node.node_id: node for node in cluster.worker_nodes}
-    env_file = inference_task(tmp_path / "task", data, trained, ray_address=cluster.address)
     log = tmp_path / "log.txt"
-    holds.hold("model_batch_done", count=2)
-    try:
+    # the head offers no CPU: both model actors are on worker nodes
+    with running_cluster(0, [2, 2]) as cluster, released(holds):
+        workers = {node.node_id: node for node in cluster.worker_nodes}
+        env_file = inference_task(tmp_path / "task", data, trained, ray_address=cluster.address)
+        holds.hold("model_batch_done", count=2)
         proc = start_entry(env_file, log)
         paused = holds.wait("model_batch_done", proc, count=2, log=log)
         removed = paused[0]["node"]
@@ -157,9 +169,6 @@ def test_node_lost_during_inference_loses_no_image(tmp_path, trained, monkeypatc
         cluster.remove_node(workers[removed])
         holds.release()
         assert proc.wait(timeout=600) == 0, log.read_text()[-5000:]
-    finally:
-        holds.release()
-        cluster.shutdown()
     text = log.read_text()
     scores = read_tsv(tmp_path / "task" / "out")
     names = {Path(line).name for line in data.candidate_index.read_text().split()}
@@ -213,18 +222,17 @@ def test_cpu_training_workers_can_be_placed_on_uneven_nodes():
         return TrainingParams.model_validate({**load_template("training"), "class_names": ["a"],
                                               "cpu_num_workers": workers})
 
-    cluster = start_cluster(1, [1, 4])
-    try:
+    with running_cluster(1, [1, 4]) as cluster:
         ray.init(address=cluster.address)
-        config = scaling(params(2), [])
-        assert config.num_workers == 2 and config.resources_per_worker == {"CPU": 2}
-        group = placement_group([dict(config.resources_per_worker)] * config.num_workers)
-        ray.get(group.ready(), timeout=60)
-        remove_placement_group(group)
-        with pytest.raises(YmirError) as error:
-            scaling(params(7), [])
-        assert error.value.code == ErrorCode.CONFIG
-        assert "needs 7 CPUs but the Ray cluster has 6 over 3 nodes (4, 1, 1 CPUs)" in error.value.message
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            config = scaling(params(2), [])
+            assert config.num_workers == 2 and config.resources_per_worker == {"CPU": 2}
+            group = placement_group([dict(config.resources_per_worker)] * config.num_workers)
+            ray.get(group.ready(), timeout=60)
+            remove_placement_group(group)
+            with pytest.raises(YmirError) as error:
+                scaling(params(7), [])
+            assert error.value.code == ErrorCode.CONFIG
+            assert "needs 7 CPUs but the Ray cluster has 6 over 3 nodes (4, 1, 1 CPUs)" in error.value.message
+        finally:
+            ray.shutdown()
