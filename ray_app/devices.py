@@ -11,6 +11,9 @@ its reason, where it used to be a silent run on the CPU.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from ray_app.protocol.errors import ErrorCode, YmirError
 
@@ -33,40 +36,56 @@ def container_cpus() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), quota))
 
 
-def nvml_gpus() -> int | None:
-    """How many GPUs this process may use, from NVML: the devices NVML sees, as many as
-    ``CUDA_VISIBLE_DEVICES`` lists when it is set (as CUDA counts them). ``None`` when NVML
-    cannot be used (no NVIDIA driver library in the container)."""
+@contextmanager
+def _nvml() -> Iterator[Any]:
+    """Ray's NVML binding, initialised for the block; ``None`` when NVML cannot be used (no
+    NVIDIA driver library in the container)."""
     import ray._private.thirdparty.pynvml as pynvml
 
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
-        return None
+        yield None
+        return
     try:
-        count = pynvml.nvmlDeviceGetCount()
+        yield pynvml
     finally:
         pynvml.nvmlShutdown()
+
+
+def nvml_gpus() -> int | None:
+    """How many GPUs this process may use, from NVML: the devices NVML sees, as many as
+    ``CUDA_VISIBLE_DEVICES`` lists when it is set (as CUDA counts them); ``None`` without NVML."""
+    with _nvml() as nvml:
+        if nvml is None:
+            return None
+        count = nvml.nvmlDeviceGetCount()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         count = min(count, len([v for v in visible.split(",") if v.strip()]))
     return count
 
 
+def container_gpus() -> int:
+    """The GPUs this container has: NVML's count (no torch import and no CUDA initialisation
+    on the driver before Ray starts), else, without NVML, torch's. Whether torch can use them
+    is checked where a model runs (:func:`model_device`)."""
+    count = nvml_gpus()
+    if count is None:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count
+
+
 def driver_cuda() -> tuple[str, str] | None:
     """The NVIDIA driver's version and the newest CUDA it runs (``("535.104.05", "12.2")``),
     from NVML; ``None`` without one."""
-    import ray._private.thirdparty.pynvml as pynvml
-
-    try:
-        pynvml.nvmlInit()
-    except pynvml.NVMLError:
-        return None
-    try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        cuda = pynvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12020
-    finally:
-        pynvml.nvmlShutdown()
+    with _nvml() as nvml:
+        if nvml is None:
+            return None
+        driver = nvml.nvmlSystemGetDriverVersion()
+        cuda = nvml.nvmlSystemGetCudaDriverVersion()  # e.g. 12020
     driver = driver.decode() if isinstance(driver, bytes) else str(driver)
     return driver, f"{cuda // 1000}.{cuda % 1000 // 10}"
 

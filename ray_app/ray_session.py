@@ -20,7 +20,7 @@ from typing import TypeVar
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ray_app.devices import container_cpus, nvml_gpus
+from ray_app.devices import container_cpus, container_gpus
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import CommonParams
 
@@ -149,7 +149,8 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
     """``ray start --address``: this container becomes a Ray node with its own CPUs and GPUs,
     so the driver (which alone reads /in and writes /out) runs on a node of the cluster."""
     ray_cli = Path(sys.executable).with_name("ray")
-    gpu_ids = [g for g in gpu_ids if g < container_gpus()]  # the ones this container has
+    visible = container_gpus()
+    gpu_ids = [g for g in gpu_ids if g < visible]  # the ones this container has
     command = [str(ray_cli), "start", f"--address={address}", f"--num-cpus={container_cpus()}",
                f"--num-gpus={len(gpu_ids)}", "--disable-usage-stats", *NODE_PORTS]
     env = dict(os.environ)
@@ -322,18 +323,6 @@ def check_gpus(params: CommonParams) -> list[int]:
         raise YmirError(ErrorCode.GPU_MISMATCH, f"gpu_id {params.gpu_id!r} asks for GPU {max(gpu_ids)} but only "
                                                 f"{visible} are visible")
     return gpu_ids
-
-
-def container_gpus() -> int:
-    """The GPUs this container has: NVML's count (``devices.nvml_gpus``: no torch import and
-    no CUDA initialisation before Ray starts), else, without NVML, torch's. Whether torch can
-    use them is checked where a model runs (``devices.model_device``)."""
-    count = nvml_gpus()
-    if count is None:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return count
 
 
 def check_cluster_gpus(needed: int) -> None:

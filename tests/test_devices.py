@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from ray_app.devices import model_device, why_no_cuda
+from ray_app.devices import container_gpus, model_device, why_no_cuda
 from ray_app.protocol.errors import ErrorCode, YmirError
-from ray_app.ray_session import container_gpus
 
 
 def test_a_driver_too_old_for_torch_names_both_and_the_way_out():
