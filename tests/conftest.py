@@ -98,12 +98,28 @@ TRAIN_CONFIG = dict(model_name="yolov8_n", img_size=128, max_epochs=20, samples_
                     ymir_saved_file_patterns=r"\.log$")
 
 
+def tree_state(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``roots``, with its size and modification time: what a
+    task that never writes under /in (nor to the data the index files name) leaves as it was.
+    Root, which runs the tests, could write a read-only folder anyway, so this is compared
+    instead of mounting /in read-only."""
+    state = {}
+    for root in roots:
+        for path in [root, *root.rglob("*")]:
+            info = path.lstat()
+            state[str(path)] = (info.st_size if path.is_file() else -1, info.st_mtime_ns)
+    return state
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, sample) -> Run:
-    """A real training run through the entry: yolov8_n, 2 CPU Ray Train workers."""
+    """A real training run through the entry: yolov8_n, 2 CPU Ray Train workers. It leaves its
+    /in and the dataset untouched."""
     env_file = write_task(tmp_path_factory.mktemp("train"), sample, run_training=True, config=TRAIN_CONFIG)
+    before = tree_state(env_file.parent, sample.root)
     run = run_entry(env_file)
     assert run.returncode == 0, run.output[-5000:]
+    assert tree_state(env_file.parent, sample.root) == before, "training wrote under /in or into the dataset"
     return run
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_entry
+from conftest import best_stage_files, run_entry, tree_state
 from ray_app.data.sample import SampleData
 
 pytestmark = pytest.mark.slow
@@ -69,9 +69,13 @@ def test_mining_alone(infer_task, sample, algorithm):
     assert not (run.out / "infer-result.json").exists()
 
 
-def test_mining_and_infer_in_one_pass(infer_task, sample):
-    run = run_entry(infer_task(run_mining=True, run_infer=True, mining_algorithm="entropy"))
+def test_mining_and_infer_in_one_pass(infer_task, sample, trained):
+    env_file = infer_task(run_mining=True, run_infer=True, mining_algorithm="entropy")
+    models = best_stage_files(trained)[0]  # the task's /in/models: another task's output, read-only here
+    before = tree_state(env_file.parent, sample.root, models)
+    run = run_entry(env_file)
     assert run.returncode == 0, run.output[-3000:]
+    assert tree_state(env_file.parent, sample.root, models) == before, "wrote under /in or into the dataset"
     ranked = dict(read_tsv(run.out))
     result = check_infer_result(run.out, candidates(sample))
     assert run.output.count("mining + infer of 12 images") == 1  # one pass, not two
