@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,14 @@ from ray_app.data.sample import SampleData, make_dataset, write_task
 
 REPO = Path(__file__).resolve().parents[1]
 CLASS_NAMES = ["square", "disc", "triangle"]
+
+#: The image's weights folder (``$RAY_APP_WEIGHTS``, default /weights) is empty for the tests
+#: unless a test gives one: a machine that has /weights (an image, a GPU host) would otherwise
+#: start the session's training from its COCO checkpoints, and the tests would see another run.
+if "RAY_APP_WEIGHTS" not in os.environ:
+    os.environ["RAY_APP_WEIGHTS"] = _NO_WEIGHTS = tempfile.mkdtemp(prefix="ray_app-test-weights-")
+else:
+    _NO_WEIGHTS = ""
 
 
 @dataclass
@@ -213,6 +223,8 @@ def pytest_unconfigure(config) -> None:
     load them. What the tests check runs before this point, and every run of the entry is a
     subprocess whose exit status the tests read (the entry itself ends the same way, see
     ``ray_session.end_process``)."""
+    if _NO_WEIGHTS:
+        shutil.rmtree(_NO_WEIGHTS, ignore_errors=True)
     if "exitstatus" in _SESSION:
         sys.stdout.flush()
         sys.stderr.flush()
