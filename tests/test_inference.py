@@ -133,7 +133,7 @@ def test_killed_model_actor_loses_no_image(tmp_path, trained):
     its result and none is reported unreadable."""
     import signal
 
-    from conftest import Holds, best_stage_files, start_entry
+    from conftest import Holds, start_entry
     from ray_app.data.sample import make_dataset, write_task
 
     data = make_dataset(tmp_path / "data", n_train=0, n_val=0, n_candidates=60, image_size=128, seed=7)
@@ -171,7 +171,6 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     import numpy as np
     import ray
 
-    from conftest import best_stage_files
     from ray_app.infer.actors import DetectorActor, DetectorSpec, Preprocess
     from ray_app.infer.images import read_batch
     from ray_app.infer.model import inference_pipeline, load_stage
@@ -263,7 +262,6 @@ def test_model_size_by_default_and_cfg_options(tmp_path, sample, trained):
     """``img_size: 0`` (the templates' default) serves the stage at the size it was trained at
     (128 here, not the 640 of the zoo config), and ``cfg_options`` edit the stage's test config
     (at most one box per image)."""
-    from conftest import best_stage_files
     from ray_app.data.sample import write_task
 
     models, files = best_stage_files(trained)
@@ -286,7 +284,6 @@ def test_a_gpu_torch_cannot_use_is_300102_in_the_model_actor(sample, trained):
     reason; it used to run the model on the CPU without a word."""
     import ray
 
-    from conftest import best_stage_files
     from ray_app.infer.model import load_stage
     from ray_app.infer.pipeline import stream_results
     from ray_app.protocol.errors import ErrorCode, describe

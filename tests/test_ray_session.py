@@ -170,9 +170,8 @@ def test_ray_auth_mode_disabled_turns_the_local_token_off(monkeypatch):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to leave one out")
 def test_the_local_ray_has_the_cpus_the_container_may_use(infer_task):
     """A task that may run on one CPU of this machine (as under ``docker run --cpuset-cpus 0``;
-    ``--cpus`` quotas are read from the cgroup by Ray's own detection) starts a Ray of one CPU,
-    and its model actor runs one batch at a time. It was given ``os.cpu_count()``, the
-    host's CPUs."""
+    ``--cpus`` quotas are read from the cgroup by Ray's own detection) starts a Ray of one CPU.
+    It was given ``os.cpu_count()``, the host's CPUs."""
     allowed = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(allowed)})  # the entry and every process it starts inherit it
     try:
