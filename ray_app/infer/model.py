@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,8 +59,32 @@ class ModelBundle:
         return img_scale(self.cfg)
 
 
+def read_stage(weights: Path, config_file: Path, task_classes: list[str]) -> ModelBundle:
+    """A stage's config and weights as a :class:`ModelBundle`, read as data (a model file never
+    runs code here), named by the classes the weights were trained on where they say.
+
+    Raises 300004 for a file that cannot be read, or weights trained on another number of
+    classes than ``task_classes``. Shared by inference and by the export of a trained stage
+    (``ray_app.export``)."""
+    try:
+        cfg = load_config_safely(config_file)
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
+        raise YmirError(ErrorCode.MODEL, f"model config {config_file} cannot be read: {type(e).__name__}: {e}") from None
+    checkpoint = load_checkpoint_file(weights)
+    model_classes = list((checkpoint.get("meta", {}).get("dataset_meta") or {}).get("classes") or [])
+    class_names = model_classes or list(task_classes)
+    if model_classes and len(model_classes) != len(task_classes):
+        raise YmirError(ErrorCode.MODEL, f"model {weights.name} was trained on {len(model_classes)} classes "
+                                         f"{model_classes}, the task has {len(task_classes)}: {list(task_classes)}")
+    if model_classes and model_classes != list(task_classes):
+        log.warning("model classes %s differ from the task's %s: boxes are named by the model's",
+                    model_classes, list(task_classes))
+    return ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
+
+
 def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
-    """Config and weights from ``model_params_path`` (best weights first, as in training)."""
+    """Config and weights from ``model_params_path`` (best weights first, as in training),
+    with the task's input size, thresholds and ``cfg_options`` applied to the config."""
     paths = resolve(params.model_params_path, models_dir)
     weights = pick_weights(paths)
     if weights is None:
@@ -69,19 +94,8 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     config_file = pick_config(paths)
     if config_file is None:
         raise YmirError(ErrorCode.MODEL, f"model_params_path {params.model_params_path} holds no config (.py) file")
-    try:
-        cfg = load_config_safely(config_file)  # read as data: a model file never runs code here
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
-        raise YmirError(ErrorCode.MODEL, f"model config {config_file} cannot be read: {type(e).__name__}: {e}") from None
-    checkpoint = load_checkpoint_file(weights)
-    model_classes = list((checkpoint.get("meta", {}).get("dataset_meta") or {}).get("classes") or [])
-    class_names = model_classes or list(params.class_names)
-    if model_classes and len(model_classes) != len(params.class_names):
-        raise YmirError(ErrorCode.MODEL, f"model {weights.name} was trained on {len(model_classes)} classes "
-                                         f"{model_classes}, the task has {len(params.class_names)}: {params.class_names}")
-    if model_classes and model_classes != list(params.class_names):
-        log.warning("model classes %s differ from the task's %s: boxes are named by the model's",
-                    model_classes, params.class_names)
+    bundle = read_stage(weights, config_file, list(params.class_names))
+    cfg = bundle.cfg
     if params.img_size:
         set_img_size(cfg, params.img_size)
     test_cfg = cfg.model.test_cfg
@@ -89,10 +103,30 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     test_cfg.setdefault("nms", {})["iou_threshold"] = params.iou_threshold
     test_cfg.max_per_img = min(int(test_cfg.get("max_per_img", 300)), 300)
     apply_cfg_options(cfg, params.cfg_options)
-    bundle = ModelBundle(cfg, checkpoint["state_dict"], class_names, str(weights))
     log.info("model: %s with %s, input %d px%s", weights, config_file.name, bundle.input_size,
              "" if params.img_size else " (the size it was trained at: img_size 0)")
     return bundle
+
+
+def build_detector(bundle: ModelBundle, device: str) -> torch.nn.Module:
+    """The mmyolo detector of ``bundle`` on ``device``, in eval mode, each BatchNorm folded into
+    the convolution before it, as mmyolo's deploy tools do (the same outputs to float rounding,
+    one op less per layer). 300004 when the weights do not fit the config."""
+    from mmcv.cnn import fuse_conv_bn
+    from mmdet.apis import init_detector
+    from mmyolo.utils import register_all_modules
+
+    register_all_modules()
+    cfg = bundle.cfg.copy()
+    cfg.model.use_syncbn = False
+    model = init_detector(cfg, checkpoint=None, device=device, palette="none")
+    missing, unexpected = model.load_state_dict(bundle.state_dict, strict=False)
+    missing = [k for k in missing if not k.startswith("data_preprocessor")]
+    if missing or unexpected:
+        raise YmirError(ErrorCode.MODEL, f"weights {bundle.source} do not fit the config: {len(missing)} "
+                                         f"missing and {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[:3]}")
+    model.eval()
+    return fuse_conv_bn(model)
 
 
 def inference_pipeline(cfg: Config) -> list[dict[str, Any]]:
@@ -120,24 +154,7 @@ class Detector:
     """
 
     def __init__(self, bundle: ModelBundle, device: str) -> None:
-        from mmdet.apis import init_detector
-        from mmyolo.utils import register_all_modules
-
-        register_all_modules()
-        cfg = bundle.cfg.copy()
-        cfg.model.use_syncbn = False
-        self.model = init_detector(cfg, checkpoint=None, device=device, palette="none")
-        missing, unexpected = self.model.load_state_dict(bundle.state_dict, strict=False)
-        missing = [k for k in missing if not k.startswith("data_preprocessor")]
-        if missing or unexpected:
-            raise YmirError(ErrorCode.MODEL, f"weights {bundle.source} do not fit the config: {len(missing)} "
-                                             f"missing and {len(unexpected)} unexpected tensors, e.g. {(missing + unexpected)[:3]}")
-        self.model.eval()
-        # fold each BatchNorm into the convolution before it, as mmyolo's deploy tools do:
-        # the same outputs (to float rounding) with one op less per layer
-        from mmcv.cnn import fuse_conv_bn
-
-        self.model = fuse_conv_bn(self.model)
+        self.model = build_detector(bundle, device)
         # On the CPU, tensors in channels-last (NHWC) order: oneDNN's convolutions run on that
         # layout natively instead of reordering every input and output. yolov8_n at 256 px,
         # batches of 8, one stream per core on one thread: 142.5 -> 215.7 images/s (2 cores,
