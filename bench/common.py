@@ -25,3 +25,47 @@ def save(name: str, payload: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
     return path
+
+
+def noise_pixels(batch: int, size: int, seed: int):
+    """Images as the test pipeline hands them to a model: uint8 BGR (batch, 3, size, size) noise."""
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (batch, 3, size, size), dtype=np.uint8))
+
+
+def untrained_detector(model_name: str, size: int, num_classes: int = 3):
+    """(detector, ModelBundle) of the zoo model at ``size``, randomly initialised, its
+    BatchNorm statistics measured on noise (with the initial ones, activations grow through
+    the layers to 1e8 px boxes) and folded as in inference: outputs of a trained model's
+    magnitude, for the export's tests and benchmark, with no training."""
+    import torch
+    from mmcv.cnn import fuse_conv_bn
+    from mmdet.apis import init_detector
+    from mmengine.config import Config
+    from mmyolo.utils import register_all_modules
+
+    from ray_app.infer.model import ModelBundle
+    from ray_app.model_config.edit import set_img_size, set_num_classes
+    from ray_app.model_config.zoo import config_path
+
+    register_all_modules()
+    cfg = Config.fromfile(config_path(model_name))
+    set_num_classes(cfg, num_classes)
+    set_img_size(cfg, size)
+    cfg.model.use_syncbn = False
+    torch.manual_seed(0)
+    model = init_detector(cfg, checkpoint=None, device="cpu", palette="none")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches below
+    with torch.no_grad():
+        for seed in range(3):  # pixels as the test pipeline gives them, normalised as the model does
+            inputs = model.data_preprocessor({"inputs": list(noise_pixels(4, size, seed=10 + seed))}, False)["inputs"]
+            model.train()
+            model.extract_feat(inputs)
+            model.eval()
+    bundle = ModelBundle(cfg, {}, [f"c{i}" for i in range(num_classes)], model_name)
+    return fuse_conv_bn(model), bundle

@@ -1,7 +1,8 @@
 """The executor entry: ``python -m ray_app`` (what the image's /usr/bin/start.sh runs).
 
 It reads ``env.yaml``, then runs exactly one of:
-- training, when ``run_training`` is set (mining/infer flags are then ignored);
+- training, when ``run_training`` is set (mining/infer flags are then ignored), then the
+  export of its best stage to ``deploy_formats``;
 - mining and/or infer, when either is set: one pass over the candidates gives both (one
   progress from 0 to 1).
 
@@ -74,9 +75,14 @@ def dispatch(env: EnvConfig, monitor: Monitor) -> None:
     if env.run_training:
         if env.run_mining or env.run_infer:
             log.warning("env.yaml sets run_training with run_mining/run_infer: only training runs")
+        from ray_app.export.task import export_best_stage, plan_exports
+        from ray_app.protocol.hyperparams import training_params
         from ray_app.train.task import run_training
 
-        run_training(env, monitor)
+        params = training_params(env)
+        plan = plan_exports(params)  # a format or opset no exporter takes fails before training
+        run_training(env, monitor, params)
+        export_best_stage(env, plan, list(params.class_names))
     elif env.run_mining or env.run_infer:
         from ray_app.infer.task import run_inference
 

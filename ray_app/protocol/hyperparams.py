@@ -109,6 +109,10 @@ class TrainingParams(CommonParams):
     ymir_saved_file_patterns: str = ""
     ray_storage_path: str = ""
     pretrained_model_params: list[str] = []
+    #: formats the best stage is also exported to, comma-separated (``ray_app.export.formats``)
+    deploy_formats: str = ""
+    #: the ONNX opset of an ONNX export
+    opset: int = 11
 
     @field_validator("export_format")
     @classmethod
@@ -130,6 +134,14 @@ class TrainingParams(CommonParams):
     def _none_is_empty_text(cls, value: Any) -> Any:
         return "" if value is None else value
 
+    @field_validator("deploy_formats", mode="before")
+    @classmethod
+    def _formats_text(cls, value: Any) -> Any:
+        """A comma string as the template has it; a YAML list or nothing are taken too."""
+        if value is None:
+            return ""
+        return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
     @field_validator("ymir_saved_file_patterns")
     @classmethod
     def _regular_expressions(cls, value: str) -> str:
@@ -143,6 +155,11 @@ class TrainingParams(CommonParams):
     @property
     def saved_file_patterns(self) -> tuple[str, ...]:
         return saved_file_patterns(self.ymir_saved_file_patterns)
+
+    @property
+    def deploy_format_names(self) -> tuple[str, ...]:
+        """``deploy_formats`` as names: ``'onnx'`` -> ``('onnx',)``; case and blanks ignored."""
+        return tuple(dict.fromkeys(part.strip().lower() for part in self.deploy_formats.split(",") if part.strip()))
 
     _pretrained_as_list = field_validator("pretrained_model_params", mode="before")(_as_list)
 

@@ -17,7 +17,7 @@ from ymir_exc.result_writer import Annotation, Box
 
 from ray_app.protocol.atomic import atomic_write_text
 
-__all__ = ["Annotation", "Box", "ModelStage", "TrainingResult", "write_training_result",
+__all__ = ["Annotation", "Box", "ModelStage", "TrainingResult", "read_training_result", "write_training_result",
            "write_infer_result", "write_mining_result"]
 
 STAGE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
@@ -75,6 +75,11 @@ def write_training_result(path: str | os.PathLike, result: TrainingResult, root:
                 raise ValueError(f"stage {stage.stage_name}: file {f} is missing")
     text = yaml.safe_dump(result.model_dump(), sort_keys=False)
     atomic_write_text(path, text, root)
+
+
+def read_training_result(path: str | os.PathLike) -> TrainingResult:
+    """``result.yaml`` as written by :func:`write_training_result`, validated again."""
+    return TrainingResult.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
 
 
 def write_infer_result(

@@ -169,9 +169,10 @@ def build_run_config(env: EnvConfig, params: TrainingParams, coco_files: tuple[s
     return cfg
 
 
-def run_training(env: EnvConfig, monitor: Monitor) -> None:
-    """Train, writing stages, result.yaml, tensorboard events and progress under /out."""
-    params = training_params(env)
+def run_training(env: EnvConfig, monitor: Monitor, params: TrainingParams | None = None) -> None:
+    """Train, writing stages, result.yaml, tensorboard events and progress under /out
+    (``params``: the task's hyperparameters, when the caller has read them already)."""
+    params = params or training_params(env)
     check_img_size(params.model_name, params.img_size)  # an unknown model_name lists the valid ones
     gpu_ids = check_gpus(params)
     scratch = Path(env.output.root_dir) / "ray_app"

@@ -1,0 +1,1 @@
+"""Export: the best trained stage in deployment formats (ONNX), checked against torch."""
