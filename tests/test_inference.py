@@ -303,3 +303,83 @@ def test_a_gpu_torch_cannot_use_is_300102_in_the_model_actor(sample, trained):
     code, message = describe(raised.value)
     assert code == ErrorCode.NO_GPU, (code, message)
     assert message.startswith("a GPU was asked for but torch cannot use one here: "), message
+
+
+def test_the_onnx_runtime_network_gives_the_torch_network_s_results(sample, trained):
+    """``cpu_runtime: onnxruntime``: the network exported when the actor starts and run in ONNX
+    Runtime gives, on every pass the mining scores make (plain, flipped, brighter, with
+    features), torch's detections, class maps and features."""
+    from types import SimpleNamespace
+
+    from ray_app.infer.actors import Preprocess
+    from ray_app.infer.images import read_batch
+    from ray_app.infer.model import Detector, inference_pipeline, load_stage
+
+    models, files = best_stage_files(trained)
+    params = SimpleNamespace(model_params_path=files, class_names=sample.class_names, img_size=0, cfg_options="",
+                             conf_threshold=0.05, iou_threshold=0.65)
+    bundle = load_stage(params, str(models))
+    batch = read_batch({"path": np.array(candidates(sample), dtype=object)})
+    packed = Preprocess(inference_pipeline(bundle.cfg), bundle.input_size).samples(batch["data"], list(batch["error"]))
+    eager, exported = Detector(bundle, "cpu"), Detector(bundle, "cpu", "onnxruntime")
+    assert type(exported.network).__name__ == "OnnxNetwork" and type(eager.network).__name__ == "TorchNetwork"
+    boxes = 0
+    for flip, brightness in ((False, 1.0), (True, 1.0), (False, 1.3)):
+        want = eager.forward(packed, flip=flip, brightness=brightness, features=True)
+        got = exported.forward(packed, flip=flip, brightness=brightness, features=True)
+        for (w_boxes, w_scores, w_labels), (g_boxes, g_scores, g_labels) in zip(want.detections, got.detections):
+            assert len(g_boxes) == len(w_boxes)
+            np.testing.assert_allclose(g_boxes, w_boxes, atol=0.05)
+            np.testing.assert_allclose(g_scores, w_scores, atol=1e-4)
+            np.testing.assert_array_equal(g_labels, w_labels)
+            boxes += len(w_boxes)
+        for w_map, g_map in zip(want.class_logits, got.class_logits):
+            np.testing.assert_allclose(g_map.numpy(), w_map.numpy(), atol=1e-3)
+        assert (got.objectness is None) == (want.objectness is None)
+        np.testing.assert_allclose(got.features, want.features, atol=1e-4)
+        assert got.input_size == want.input_size
+    assert boxes >= len(packed), f"only {boxes} boxes: the comparison says little"
+
+
+def test_mining_and_infer_with_onnx_runtime_give_torch_s_outputs(infer_task, sample, trained):
+    """The entry with ``cpu_runtime: onnxruntime`` (aldd, the diverse ranking, infer in the same
+    pass) writes what the same task writes with torch: the same ranking and scores, the same boxes."""
+    config = dict(mining_algorithm="aldd", diversity=0.5, conf_threshold=0.05)
+    outputs = {}
+    for runtime in ("torch", "onnxruntime"):
+        run = run_entry(infer_task(run_mining=True, run_infer=True, cpu_runtime=runtime, **config))
+        assert run.returncode == 0, run.output[-3000:]
+        assert ("network in ONNX Runtime" in run.output) == (runtime == "onnxruntime")
+        outputs[runtime] = (read_tsv(run.out), check_infer_result(run.out, candidates(sample)))
+    (torch_ranked, torch_boxes), (onnx_ranked, onnx_boxes) = outputs["torch"], outputs["onnxruntime"]
+    assert [p for p, _ in onnx_ranked] == [p for p, _ in torch_ranked]
+    np.testing.assert_allclose([s for _, s in onnx_ranked], [s for _, s in torch_ranked], rtol=1e-3, atol=1e-6)
+    assert any(entry["boxes"] for entry in torch_boxes.values())
+    for name, entry in torch_boxes.items():
+        got = onnx_boxes[name]["boxes"]
+        assert [b["class_name"] for b in got] == [b["class_name"] for b in entry["boxes"]], name
+        for g, w in zip(got, entry["boxes"]):
+            assert all(abs(g["box"][k] - w["box"][k]) <= 1 for k in "xywh")
+            assert g["score"] == pytest.approx(w["score"], abs=1e-4)
+
+
+def test_a_network_onnx_runtime_cannot_serve_runs_in_torch(sample, trained, monkeypatch, caplog):
+    """An export that fails (or disagrees with torch) costs nothing: one warning, torch serves."""
+    import logging
+    from types import SimpleNamespace
+
+    from ray_app.infer import runtimes
+    from ray_app.infer.model import Detector, load_stage
+
+    class Unexportable(runtimes.OnnxNetwork):
+        def __init__(self, model, input_size):
+            raise ValueError("ONNX Runtime's maps are 3 from torch's")
+
+    monkeypatch.setitem(runtimes.RUNTIMES, "onnxruntime", Unexportable)
+    models, files = best_stage_files(trained)
+    params = SimpleNamespace(model_params_path=files, class_names=sample.class_names, img_size=0, cfg_options="",
+                             conf_threshold=0.05, iou_threshold=0.65)
+    with caplog.at_level(logging.WARNING, logger="ray_app.infer.model"):
+        detector = Detector(load_stage(params, str(models)), "cpu", "onnxruntime")
+    assert isinstance(detector.network, runtimes.TorchNetwork)
+    assert "cpu_runtime onnxruntime cannot serve" in caplog.text and "torch runs the network instead" in caplog.text

@@ -29,6 +29,7 @@ import torch
 from ray_app.devices import model_device
 from ray_app.infer.images import decode_bgr, with_bytes
 from ray_app.infer.model import Detector, ModelBundle, Pass
+from ray_app.infer.runtimes import RUNTIMES
 from ray_app.mining import ALGORITHMS, MiningBatch
 from ray_app.pause import pause_point
 
@@ -128,10 +129,14 @@ class DetectorSpec:
     preprocess_steps: tuple[dict[str, Any], ...] | None = None
     #: return each image's feature vector (column ``feature``) for the diverse ranking
     features: bool = False
+    #: what runs the network on the CPU (a key of ``ray_app.infer.runtimes.RUNTIMES``)
+    cpu_runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.algorithm is not None and self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown mining algorithm {self.algorithm!r}; known: {', '.join(ALGORITHMS)}")
+        if self.cpu_runtime not in RUNTIMES:
+            raise ValueError(f"unknown cpu_runtime {self.cpu_runtime!r}; known: {', '.join(RUNTIMES)}")
 
 
 class DetectorActor:
@@ -146,7 +151,7 @@ class DetectorActor:
         device = model_device(spec.use_gpu)
         if device == "cpu":
             torch.set_num_threads(1)  # one batch per thread; Ray Data runs one per CPU of the actor
-        self.detector = Detector(bundle, device)
+        self.detector = Detector(bundle, device, spec.cpu_runtime)
         steps = list(spec.preprocess_steps) if spec.preprocess_steps else None
         self.preprocess = Preprocess(steps=steps, size=bundle.input_size) if steps else None
         self.algorithm = ALGORITHMS[spec.algorithm] if spec.algorithm else None
@@ -156,6 +161,7 @@ class DetectorActor:
         self.feature_dim = self.detector.feature_dim() if spec.features else 0  # 0: no features asked for
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
+              f"{', network in ONNX Runtime' if device == 'cpu' and spec.cpu_runtime == 'onnxruntime' else ''}"
               f"{', decoding its own images' if self.preprocess else ''})", flush=True)
 
     def _unpack(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[dict[str, Any] | None]:

@@ -153,7 +153,9 @@ class Detector:
     caches its priors on itself).
     """
 
-    def __init__(self, bundle: ModelBundle, device: str) -> None:
+    def __init__(self, bundle: ModelBundle, device: str, cpu_runtime: str = "torch") -> None:
+        from ray_app.infer.runtimes import RUNTIMES
+
         self.model = build_detector(bundle, device)
         # On the CPU, tensors in channels-last (NHWC) order: oneDNN's convolutions run on that
         # layout natively instead of reordering every input and output. yolov8_n at 256 px,
@@ -161,6 +163,16 @@ class Detector:
         # bench/infer_bench.py's forward limit, both layouts). Not measured on a GPU: left as is there.
         self.memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
+        #: the network's runtime (``infer/runtimes.py``): ``cpu_runtime`` on the CPU, torch on a GPU
+        runtime = cpu_runtime if device == "cpu" else "torch"
+        try:
+            self.network = RUNTIMES[runtime](self.model, bundle.input_size)
+        except Exception as error:  # an export the stage's network does not allow: torch serves it as ever
+            if runtime == "torch":
+                raise
+            log.warning("cpu_runtime %s cannot serve %s, torch runs the network instead: %s: %s", runtime,
+                        bundle.source, type(error).__name__, error)
+            self.network = RUNTIMES["torch"](self.model, bundle.input_size)
         self.device = device
         self._network = threading.Lock() if device != "cpu" else contextlib.nullcontext()
         self._boxes = threading.Lock()
@@ -193,9 +205,8 @@ class Detector:
             inputs, samples = data["inputs"].contiguous(memory_format=self.memory_format), data["data_samples"]
             if flip:
                 inputs = inputs.flip(-1)
-            levels = self.model.extract_feat(inputs)
-            outs = head(levels)
-            pooled = levels[-1].float().mean(dim=(2, 3)).cpu().numpy() if features else None
+            outs, pooled = self.network(inputs, features)
+            pooled = pooled.cpu().numpy() if pooled is not None else None
         with self._boxes:
             results = head.predict_by_feat(*outs, batch_img_metas=[s.metainfo for s in samples], rescale=True)
         detections = []

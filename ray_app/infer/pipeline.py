@@ -125,7 +125,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     spec = DetectorSpec(bundle=bundle_ref, task_id=task_id, use_gpu=bool(gpu_ids), algorithm=algorithm,
                         conf_threshold=params.conf_threshold, class_weights=tuple(weights) if weights else None,
                         preprocess_steps=None if gpu_ids else tuple(steps),
-                        features=algorithm is not None and getattr(params, "diversity", 0) > 0)
+                        features=algorithm is not None and getattr(params, "diversity", 0) > 0,
+                        cpu_runtime=params.cpu_runtime)
     ds = ds.map_batches(
         DetectorActor,
         fn_constructor_kwargs={"spec": spec},

@@ -37,6 +37,14 @@ def saved_file_patterns(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _table_key(value: Any, table: dict[str, Any]) -> str:
+    """``value`` as a key of ``table`` (case and blanks ignored), else the keys it may be."""
+    name = str(value).strip().lower()
+    if name not in table:
+        raise ValueError(f"must be one of {', '.join(table)}")
+    return name
+
+
 def _as_list(cls: type, value: Any) -> Any:
     """Model files are a list of ``STAGE/FILE``; tolerate one string, or nothing."""
     if value in (None, ""):
@@ -174,6 +182,15 @@ class InferParams(CommonParams):
     model_params_path: list[str] = Field(min_length=1)
     #: mmengine overrides of the stage's config, as in training (``a.b=1 c=[1,2]``)
     cfg_options: str = ""
+    #: what runs the network in CPU model actors (``ray_app.infer.runtimes.RUNTIMES``)
+    cpu_runtime: str = "torch"
+
+    @field_validator("cpu_runtime", mode="before")
+    @classmethod
+    def _known_runtime(cls, value: Any) -> str:
+        from ray_app.infer.runtimes import RUNTIMES
+
+        return _table_key(value, RUNTIMES)
 
     @field_validator("img_size")
     @classmethod
@@ -205,10 +222,7 @@ class MiningParams(InferParams):
     def _known_algorithm(cls, value: Any) -> str:
         from ray_app.mining import ALGORITHMS
 
-        name = str(value).strip().lower()
-        if name not in ALGORITHMS:
-            raise ValueError(f"must be one of {', '.join(ALGORITHMS)}")
-        return name
+        return _table_key(value, ALGORITHMS)
 
     @field_validator("class_distribution_scores", mode="before")
     @classmethod
