@@ -22,6 +22,7 @@ through the entry (mining only), one run each, on the first count.
 
     .venv/bin/python bench/infer_bench.py [--images 320 2000] [--size 256] [--rounds 3] [--gpu]
     .venv/bin/python bench/infer_bench.py --images 320 --timeline     # the start-up, step by step
+    .venv/bin/python bench/infer_bench.py --runtime-ab --algorithms aldd   # cpu_runtime torch vs onnxruntime
 
 Results go to bench/results/infer.json (infer_gpu.json with --gpu).
 """
@@ -218,6 +219,33 @@ def compare(stage: Stage, count: int, rounds: int) -> dict:
     return {"rounds": runs, "median": median}
 
 
+def runtime_ab(stage: Stage, args: argparse.Namespace) -> None:
+    """The entry with ``cpu_runtime: torch`` against ``onnxruntime`` (``--runtime-ab``): infer
+    at each ``--images`` count, then mining with ``--algorithms``'s first score, the two
+    runtimes alternated ``--rounds`` times; medians to ``runtime_ab.json``."""
+    tasks = [(f"infer {count}", count, {}) for count in args.images]
+    if args.algorithms:
+        tasks.append((f"mining {args.algorithms[0]} {args.images[0]}", args.images[0],
+                      {"mining_algorithm": args.algorithms[0]}))
+    results = {}
+    for label, count, extra in tasks:
+        runs: dict[str, list[dict]] = {"torch": [], "onnxruntime": []}
+        for round_ in range(args.rounds):
+            for runtime in (("torch", "onnxruntime") if round_ % 2 == 0 else ("onnxruntime", "torch")):
+                runs[runtime].append(stage.ours(f"ab-{label.replace(' ', '-')}-{round_}-{runtime}", count,
+                                                cpu_runtime=runtime, **extra))
+                print(label, runtime, runs[runtime][-1], flush=True)
+        median = {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in runs.items()}
+        results[label] = {"median": median, "runs": runs}
+    print(f"\n{'task':24}{'runtime':>12}{'start-up s':>11}{'steady img/s':>14}{'end-to-end img/s':>18}")
+    for label, result in results.items():
+        for name, row in result["median"].items():
+            print(f"{label:24}{name:>12}{row['startup_s']:>11.1f}{row['steady_images_per_s']:>14.2f}"
+                  f"{row['end_to_end_images_per_s']:>18.2f}")
+    print(save("runtime_ab", {"images": args.images, "image_size": args.size, "img_size": args.input or args.size,
+                              "batch": BATCH, "model": "yolov8_n", "rounds": args.rounds, "results": results}))
+
+
 def mining_variants(algorithms: list[str], diversity: float) -> dict[str, dict]:
     """Name -> the mining task's config: each algorithm, and entropy at ``diversity`` when > 0."""
     variants = {name: {"mining_algorithm": name} for name in algorithms}
@@ -259,6 +287,8 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="ray_app with gpu_id 0, the others on cuda:0")
     parser.add_argument("--timeline", action="store_true",
                         help="only print the entry's start-up, step by step, at the first --images count")
+    parser.add_argument("--runtime-ab", action="store_true",
+                        help="only the entry with cpu_runtime torch against onnxruntime, alternated (runtime_ab.json)")
     args = parser.parse_args()
 
     device = "cuda:0" if args.gpu else "cpu"
@@ -272,6 +302,8 @@ def main() -> None:
             return
         if args.mining_only:
             return mining_rates(stage, args)
+        if args.runtime_ab:
+            return runtime_ab(stage, args)
         per_count = {count: compare(stage, count, args.rounds) for count in args.images}
         forward = stage.forward_limit()
         mining = {}
