@@ -146,8 +146,9 @@ class Detector:
 
     Safe to call from several threads. On a GPU one batch at a time goes through the
     network, so batch k's decoding and NMS overlap batch k+1's forward pass. On the CPU the
-    calls run the network side by side, each on one torch thread (the caller sets
-    ``torch.set_num_threads(1)``): whole batches in parallel beat one batch split over
+    calls run the network side by side, each on one thread: one torch thread (the caller sets
+    ``torch.set_num_threads(1)``), or one ONNX Runtime thread with ``cpu_runtime``
+    ``onnxruntime`` (``infer/runtimes.py``): whole batches in parallel beat one batch split over
     threads, whose hundreds of small barrier-synchronised ops stall whenever another
     process takes a core. Box decoding and NMS run one batch at a time either way (the head
     caches its priors on itself).
