@@ -7,9 +7,12 @@ and against the model's own batched forward pass.
 - **original**: what the original mmyolo executor does: one process, ``init_detector`` then
   ``inference_detector`` on one image at a time (decode, pipeline, forward, NMS in turn).
 - **forward limit**: the model's ``_forward`` (backbone, neck, head; no NMS, no I/O) on random
-  pre-made tensors of the same batch size, in one process, the best of three layouts: one
+  pre-made tensors of the same batch size, in one process, the best of four layouts: one
   stream of batches on every torch thread, or one stream per core on one thread each, with
-  tensors in the default (NCHW) or, on the CPU, channels-last order. The model has its
+  tensors in the default (NCHW) or, on the CPU, channels-last order, or (on the CPU) one
+  stream per core through ONNX Runtime on the graph the CPU model actors export
+  (``cpu_runtime: onnxruntime``, their default since 2026-11-27; before that the limit was
+  torch's alone). The model has its
   BatchNorms folded into the convolutions and runs channels-last on the CPU, as the executor
   runs it (the original loop runs it unfolded and NCHW, as the original executor did).
 
@@ -102,7 +105,15 @@ result = {"one_stream_all_threads": rate(1)}
 if device == "cpu" and cores > 1:
     torch.set_num_threads(1)
     result["one_stream_per_core"] = rate(cores)
-    result["one_stream_per_core_channels_last"] = rate(cores, torch.channels_last)  # the executor's CPU layout
+    result["one_stream_per_core_channels_last"] = rate(cores, torch.channels_last)  # cpu_runtime: torch
+    # cpu_runtime: onnxruntime (the default): the actor's own graph, one ONNX Runtime thread per stream
+    from ray_app.infer.runtimes import OnnxNetwork
+    model.to(memory_format=torch.contiguous_format)
+    network = OnnxNetwork(model, size)
+    forward = model._forward
+    model._forward = lambda x: network(x, False)
+    result["one_stream_per_core_onnxruntime"] = rate(cores)
+    model._forward = forward
 result["images_per_s"] = max(result.values())
 print(json.dumps(result))
 '''
