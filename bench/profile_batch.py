@@ -2,13 +2,14 @@
 
 Trains yolov8_n one epoch on generated data (as ``infer_bench.py`` does), then runs the
 actor's steps on batches of ``--batch`` generated 256 px candidates in this process, with
-torch on one thread (each thread of a CPU model actor runs so), and times each step:
+one thread (each thread of a CPU model actor runs so), and times each step:
 read (file bytes), decode + test pipeline (PIL, letterbox), data preprocessor (stack,
 normalise), network (backbone, neck, head), boxes (decoding, score threshold, NMS) and
 the result rows (JSON). Medians over ``--batches`` batches after two warm-up batches; a
-torch profiler table of the network's top operators is kept beside them.
+torch profiler table of the torch network's top operators is kept beside them. The network
+runs as ``--cpu-runtime`` says (the actor's ``Detector.network``; default torch).
 
-    .venv/bin/python bench/profile_batch.py [--batch 8] [--batches 40]
+    .venv/bin/python bench/profile_batch.py [--batch 8] [--batches 40] [--cpu-runtime onnxruntime]
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--cpu-runtime", default="torch", choices=["torch", "onnxruntime"],
+                        help="what runs the network, as the template's cpu_runtime (onnxruntime: profile_onnxruntime.json)")
     args = parser.parse_args()
     import numpy as np
     import torch
@@ -52,7 +55,7 @@ def main() -> None:
                                  cfg_options="")
         bundle = load_stage(params, str(models))
         preprocess = Preprocess(inference_pipeline(bundle.cfg), SIZE)
-        detector = Detector(bundle, "cpu")
+        detector = Detector(bundle, "cpu", args.cpu_runtime)
         model = detector.model
         head = model.bbox_head
         paths = data.candidate_index.read_text().split()
@@ -73,7 +76,7 @@ def main() -> None:
                                 {"inputs": [s["inputs"] for s in samples],
                                  "data_samples": [s["data_samples"] for s in samples]}, False)
                 inputs = data_in["inputs"].contiguous(memory_format=detector.memory_format)  # as Detector.forward
-                outs = timed("network", lambda x: head(model.extract_feat(x)), inputs)
+                outs = timed("network", lambda x: detector.network(x, False)[0], inputs)
                 results = timed("boxes_and_nms", head.predict_by_feat, *outs, rescale=True,
                                 batch_img_metas=[s.metainfo for s in data_in["data_samples"]])
                 timed("result_rows", lambda rs: [detection_row(r.bboxes, r.scores, r.labels) for r in rs], results)
@@ -83,12 +86,14 @@ def main() -> None:
 
     medians = {k: round(statistics.median(v[2:]), 2) for k, v in times.items()}
     total = sum(medians.values())
-    print(f"one batch of {args.batch} images ({SIZE} px, yolov8_n), torch on 1 thread, median of {args.batches}:")
+    print(f"one batch of {args.batch} images ({SIZE} px, yolov8_n), the network in {args.cpu_runtime}, "
+          f"1 thread, median of {args.batches}:")
     for name, ms in medians.items():
         print(f"  {name:22} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
     print(f"  {'total':22} {total:8.2f} ms  = {1000 * args.batch / total:.1f} images/s on one core")
     print(ops)
-    path = save("profile", {"batch": args.batch, "batches": args.batches, "img_size": SIZE, "model": "yolov8_n",
+    name = "profile" if args.cpu_runtime == "torch" else f"profile_{args.cpu_runtime}"
+    path = save(name, {"cpu_runtime": args.cpu_runtime, "batch": args.batch, "batches": args.batches, "img_size": SIZE, "model": "yolov8_n",
                             "torch_threads": 1, "median_ms": medians, "total_ms": round(total, 2),
                             "images_per_s_one_core": round(1000 * args.batch / total, 1), "network_top_ops": ops})
     print(f"full results: {path}")
