@@ -161,7 +161,7 @@ class DetectorActor:
         self.feature_dim = self.detector.feature_dim() if spec.features else 0  # 0: no features asked for
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
-              f"{', network in ONNX Runtime' if device == 'cpu' and spec.cpu_runtime == 'onnxruntime' else ''}"
+              f"{', network in ONNX Runtime' if self.detector.runtime == 'onnxruntime' else ''}"
               f"{', decoding its own images' if self.preprocess else ''})", flush=True)
 
     def _unpack(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[dict[str, Any] | None]:

@@ -164,16 +164,18 @@ class Detector:
         # bench/infer_bench.py's forward limit, both layouts). Not measured on a GPU: left as is there.
         self.memory_format = torch.channels_last if device == "cpu" else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
-        #: the network's runtime (``infer/runtimes.py``): ``cpu_runtime`` on the CPU, torch on a GPU
-        runtime = cpu_runtime if device == "cpu" else "torch"
+        #: the key of ``infer/runtimes.py:RUNTIMES`` that runs the network: ``cpu_runtime`` on the
+        #: CPU, torch on a GPU, and torch where ``cpu_runtime`` cannot serve this network
+        self.runtime = cpu_runtime if device == "cpu" else "torch"
         try:
-            self.network = RUNTIMES[runtime](self.model, bundle.input_size)
+            self.network = RUNTIMES[self.runtime](self.model, bundle.input_size)
         except Exception as error:  # an export the stage's network does not allow: torch serves it as ever
-            if runtime == "torch":
+            if self.runtime == "torch":
                 raise
-            log.warning("cpu_runtime %s cannot serve %s, torch runs the network instead: %s: %s", runtime,
+            log.warning("cpu_runtime %s cannot serve %s, torch runs the network instead: %s: %s", self.runtime,
                         bundle.source, type(error).__name__, error)
-            self.network = RUNTIMES["torch"](self.model, bundle.input_size)
+            self.runtime = "torch"
+            self.network = RUNTIMES[self.runtime](self.model, bundle.input_size)
         self.device = device
         self._network = threading.Lock() if device != "cpu" else contextlib.nullcontext()
         self._boxes = threading.Lock()

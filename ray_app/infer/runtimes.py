@@ -52,19 +52,17 @@ class OnnxNetwork:
 
         from ray_app.onnx_graph import cpu_session, to_onnx
 
-        sample = torch.zeros(1, 3, input_size, input_size)
-        with torch.no_grad():
-            outs = model.bbox_head(model.extract_feat(sample))
+        maps = _maps_module(model)
+        noise = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, input_size, input_size)).astype("float32"))
+        with torch.no_grad():  # one torch pass: the outputs' layout, and what ONNX Runtime must match
+            outs = model.bbox_head(model.extract_feat(noise))
         self.groups, self.levels = len(outs), len(outs[0])
         names = [f"out{g}_{k}" for g in range(self.groups) for k in range(self.levels)] + ["pooled"]
         axes = {"inputs": {0: "batch", 2: "height", 3: "width"},
                 **{name: {0: "batch", 2: f"{name}_h", 3: f"{name}_w"} for name in names[:-1]}, "pooled": {0: "batch"}}
-        self.session = cpu_session(to_onnx(_Maps(model), sample, ["inputs"], names, axes, OPSET), threads=1)
-        noise = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, input_size, input_size)).astype("float32"))
-        with torch.no_grad():
-            want = [m for group in model.bbox_head(model.extract_feat(noise)) for m in group]
+        self.session = cpu_session(to_onnx(maps, noise, ["inputs"], names, axes, OPSET), threads=1)
         got = self.session.run(None, {"inputs": noise.numpy()})[:-1]
-        for w, g in zip(want, got):
+        for w, g in zip((m for group in outs for m in group), got):
             if not np.allclose(g, w.numpy(), rtol=1e-3, atol=1e-3):
                 raise ValueError(f"ONNX Runtime's maps are {float(np.abs(g - w.numpy()).max()):.3g} from torch's")
 
@@ -77,7 +75,7 @@ class OnnxNetwork:
         return outs, torch.from_numpy(arrays[-1]) if features else None
 
 
-def _Maps(model: torch.nn.Module) -> torch.nn.Module:
+def _maps_module(model: torch.nn.Module) -> torch.nn.Module:
     """The module :class:`OnnxNetwork` traces: every map of the head, group by group and
     level by level, then the deepest neck level averaged over space."""
     from torch import nn

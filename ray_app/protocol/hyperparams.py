@@ -31,10 +31,15 @@ PLATFORM_KEYS = frozenset({"task_id", "gpu_id", "gpu_count", "class_names", "shm
 EXPORT_FORMATS = ("ark:raw", "det-ark:raw", "voc:raw", "det-voc:raw")
 
 
+def comma_list(text: str) -> tuple[str, ...]:
+    """The parts of a comma-separated value, blanks around them ignored, empty ones dropped."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def saved_file_patterns(text: str) -> tuple[str, ...]:
     """``ymir_saved_file_patterns`` as the YMIR SDK reads it: regular expressions separated by
     commas (``'.*\\.log, .*\\.json'``), blanks around them ignored."""
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    return comma_list(text)
 
 
 def _table_key(value: Any, table: dict[str, Any]) -> str:
@@ -167,7 +172,7 @@ class TrainingParams(CommonParams):
     @property
     def deploy_format_names(self) -> tuple[str, ...]:
         """``deploy_formats`` as names: ``'onnx'`` -> ``('onnx',)``; case and blanks ignored."""
-        return tuple(dict.fromkeys(part.strip().lower() for part in self.deploy_formats.split(",") if part.strip()))
+        return tuple(dict.fromkeys(part.lower() for part in comma_list(self.deploy_formats)))
 
     _pretrained_as_list = field_validator("pretrained_model_params", mode="before")(_as_list)
 

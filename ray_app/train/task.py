@@ -23,7 +23,7 @@ from ray_app.data.index import read_index
 from ray_app.model_config.zoo import check_img_size, config_path
 from ray_app.protocol.env import EnvConfig
 from ray_app.protocol.errors import ErrorCode, YmirError
-from ray_app.protocol.hyperparams import TrainingParams, training_params
+from ray_app.protocol.hyperparams import TrainingParams
 from ray_app.protocol.monitor import Monitor
 from ray_app.ray_session import (alive_nodes, check_cluster_gpus, check_gpus, local_ray, node_cpus, on_this_node,
                                  ray_session)
@@ -169,10 +169,9 @@ def build_run_config(env: EnvConfig, params: TrainingParams, coco_files: tuple[s
     return cfg
 
 
-def run_training(env: EnvConfig, monitor: Monitor, params: TrainingParams | None = None) -> None:
+def run_training(env: EnvConfig, monitor: Monitor, params: TrainingParams) -> None:
     """Train, writing stages, result.yaml, tensorboard events and progress under /out
-    (``params``: the task's hyperparameters, when the caller has read them already)."""
-    params = params or training_params(env)
+    (``params``: the task's hyperparameters, read by the entry, which plans the export with them)."""
     check_img_size(params.model_name, params.img_size)  # an unknown model_name lists the valid ones
     gpu_ids = check_gpus(params)
     scratch = Path(env.output.root_dir) / "ray_app"
