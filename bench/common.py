@@ -11,10 +11,23 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``): the same 2-core machine has been lent on
+    different hosts, whose network speed differed by 2.2x (yolov8_n's forward limit at 160 px
+    in ONNX Runtime, 834.7 images/s on 2026-11-27 morning, 379.9 on an "AMD EPYC" that afternoon)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict:
     import torch
 
-    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+    return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -34,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--size", type=int, default=SIZE, help="the candidates' size in px")
+    parser.add_argument("--input", type=int, default=0, help="the model's input size (default: --size)")
     parser.add_argument("--cpu-runtime", default="torch", choices=["torch", "onnxruntime"],
                         help="what runs the network, as the template's cpu_runtime (onnxruntime: profile_onnxruntime.json)")
     args = parser.parse_args()
@@ -41,25 +43,26 @@ def main() -> None:
     import torch
 
     from ray_app.infer.actors import Preprocess, detection_row
-    from ray_app.infer.images import read_batch
+    from ray_app.infer.images import decode_bgr, read_batch
     from ray_app.infer.model import Detector, inference_pipeline, load_stage
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         work = Path(tmp)
         n = args.batch * (args.batches + 2)
-        data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=n, image_size=SIZE, seed=11)
-        models, best, files = train_model(work, data, SIZE)
+        size = args.input or args.size
+        data = make_dataset(work / "data", n_train=32, n_val=8, n_candidates=n, image_size=args.size, seed=11)
+        models, best, files = train_model(work, data, size)
         params = SimpleNamespace(model_params_path=[f"{best}/{f}" for f in files],
-                                 class_names=data.class_names, img_size=SIZE, conf_threshold=0.2, iou_threshold=0.65,
+                                 class_names=data.class_names, img_size=size, conf_threshold=0.2, iou_threshold=0.65,
                                  cfg_options="")
         bundle = load_stage(params, str(models))
-        preprocess = Preprocess(inference_pipeline(bundle.cfg), SIZE)
+        preprocess = Preprocess(inference_pipeline(bundle.cfg), size)
         detector = Detector(bundle, "cpu", args.cpu_runtime)
         model = detector.model
         head = model.bbox_head
         paths = data.candidate_index.read_text().split()
-        times: dict[str, list[float]] = {k: [] for k in ("read", "decode_and_pipeline", "data_preprocessor",
+        times: dict[str, list[float]] = {k: [] for k in ("read", "decode", "decode_and_pipeline", "data_preprocessor",
                                                           "network", "boxes_and_nms", "result_rows")}
 
         def timed(name: str, fn, *a, **kw):
@@ -71,6 +74,7 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(paths), args.batch):
                 batch = timed("read", read_batch, {"path": np.array(paths[i:i + args.batch], dtype=object)})
+                timed("decode", lambda encoded: [decode_bgr(e) for e in encoded], batch["data"])  # alone, for its share
                 samples = timed("decode_and_pipeline", preprocess.samples, batch["data"], list(batch["error"]))
                 data_in = timed("data_preprocessor", model.data_preprocessor,
                                 {"inputs": [s["inputs"] for s in samples],
@@ -85,15 +89,16 @@ def main() -> None:
         ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
     medians = {k: round(statistics.median(v[2:]), 2) for k, v in times.items()}
-    total = sum(medians.values())
-    print(f"one batch of {args.batch} images ({SIZE} px, yolov8_n), the network in {args.cpu_runtime}, "
+    total = sum(v for k, v in medians.items() if k != "decode")  # decode_and_pipeline holds it
+    print(f"one batch of {args.batch} images ({args.size} px, input {size}, yolov8_n), the network in {args.cpu_runtime}, "
           f"1 thread, median of {args.batches}:")
     for name, ms in medians.items():
         print(f"  {name:22} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
     print(f"  {'total':22} {total:8.2f} ms  = {1000 * args.batch / total:.1f} images/s on one core")
     print(ops)
     name = "profile" if args.cpu_runtime == "torch" else f"profile_{args.cpu_runtime}"
-    path = save(name, {"cpu_runtime": args.cpu_runtime, "batch": args.batch, "batches": args.batches, "img_size": SIZE, "model": "yolov8_n",
+    name += f"_{args.size}px_input{size}" if (args.size, size) != (SIZE, SIZE) else ""
+    path = save(name, {"cpu_runtime": args.cpu_runtime, "batch": args.batch, "batches": args.batches, "image_size": args.size, "img_size": size, "model": "yolov8_n",
                             "torch_threads": 1, "median_ms": medians, "total_ms": round(total, 2),
                             "images_per_s_one_core": round(1000 * args.batch / total, 1), "network_top_ops": ops})
     print(f"full results: {path}")

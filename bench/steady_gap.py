@@ -12,21 +12,35 @@ between runs), medians of ``--rounds``:
   ``Preprocess.samples``, ``Detector.forward``, the result rows), on the candidates;
 - **entry steady**: the executor's entry (infer, one CPU model actor), its logged steady rate.
 
-    .venv/bin/python bench/steady_gap.py [--images 2000] [--rounds 3]   # bench/results/steady_gap.json
+And where the machine's CPU went during the entry's steady phase (``--cpu``): every process's
+CPU time (``/proc/<pid>/stat``) read when the entry logs its first results and again when it logs its summary, grouped by
+what each process is (the driver, the model actor, raylet, GCS, Ray's other workers), against
+the window's wall time times the cores.
+
+    .venv/bin/python bench/steady_gap.py [--images 2000] [--size 256 --input 160] [--rounds 3]   # steady_gap.json
+    .venv/bin/python bench/steady_gap.py --cpu [--perf /tmp/steady.perf] ...   # bench/results/steady_cpu.json
+
+``--perf`` also samples the whole machine with ``perf record -a`` (Linux perf, as root or with
+``perf_event_paranoid`` low enough) over the first round's steady phase and keeps its split by
+thread name and library: how much of the machine ONNX Runtime's kernels had, and what else did.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
+from bench.scaling_bench import steady_rate  # noqa: E402
 from bench.infer_bench import BATCH, train_stage  # noqa: E402
 
 #: the child process: the actor's work over the entry task's candidates, two threads, one JSON line out
@@ -47,7 +61,7 @@ params = inference_params(env)
 bundle = load_stage(params, env.input.models_dir)
 size = bundle.input_size
 preprocess = Preprocess(inference_pipeline(bundle.cfg), size)
-detector = Detector(bundle, "cpu")
+detector = Detector(bundle, "cpu", params.cpu_runtime)  # the runtime the entry's actors use
 paths = read_candidates(env)
 batches = [paths[i:i + batch] for i in range(0, len(paths), batch)]
 
@@ -74,6 +88,92 @@ print(json.dumps({"images_per_s": len(paths) / (time.monotonic() - start)}))
 '''
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(stat: Path) -> float:
+    """utime + stime of one ``/proc/.../stat``, in seconds (0 when it is gone)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _what(pid: int) -> str:
+    """What a process is, from its command line (Ray sets a worker's to ``ray::<actor or task>``)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+    if "-m ray_app" in cmd:
+        return "driver"
+    if "DetectorActor" in cmd or "MapWorker" in cmd:  # the only map actor of a CPU task on a local Ray
+        return "model actor"
+    for name in ("raylet", "gcs_server", "log_monitor", "dashboard", "runtime_env"):
+        if name in cmd:
+            return name
+    if cmd.startswith("ray::"):
+        return "ray::" + cmd[5:].split("(")[0].split()[0].split(".")[0]  # an actor's title names its running method
+    return ""
+
+
+def cpu_snapshot() -> dict:
+    """CPU seconds so far of every process that is the entry's (by ``_what``)."""
+    procs = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (what := _what(int(entry.name))):
+            procs[entry.name] = (what, _cpu_s(entry / "stat"))
+    return {"at": time.monotonic(), "procs": procs}
+
+
+def entry_cpu(stage, count: int, perf: str = "") -> dict:
+    """The entry (infer over ``count`` candidates) with the CPU of its steady phase, by process:
+    CPU seconds and the share of (window x cores)."""
+    env = {**os.environ, "YMIR_ENV_FILE": str(stage.task("gap-cpu", count)), "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, first, last = [], None, None
+    for line in proc.stdout:
+        lines.append(line)
+        if first is None and ": first results after " in line:
+            first = cpu_snapshot()
+            if perf:
+                recorder = subprocess.Popen(["perf", "record", "-F", "997", "-a", "-o", perf, "-q"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif last is None and first is not None and "then " in line and " images/s" in line and "first result after" in line:
+            last = cpu_snapshot()
+            if perf:
+                recorder.send_signal(signal.SIGINT)
+                recorder.wait()
+    assert proc.wait() == 0 and first and last, "".join(lines)[-3000:]
+    window = last["at"] - first["at"]
+    cores = os.cpu_count()
+
+    procs: dict[str, float] = {}
+    for pid, (what, cpu) in last["procs"].items():
+        procs[what] = procs.get(what, 0.0) + cpu - first["procs"].get(pid, (what, 0.0))[1]
+    procs = {k: round(v, 2) for k, v in sorted(procs.items(), key=lambda kv: -kv[1])}
+    used = sum(procs.values())
+    return {"window_s": round(window, 2), "cores": cores, "cpu_s": procs,
+            "used_of_cores": round(used / (window * cores), 3), "idle_s": round(window * cores - used, 2),
+            "steady_images_per_s": steady_rate("".join(lines))}
+
+
+def perf_shares(data: str, top: int = 20) -> list[tuple[float, str, str]]:
+    """``perf report``'s split of the machine's CPU samples by thread name and library, the
+    ``top`` largest (every thread of a Ray actor has the actor's name; ``swapper`` is idle)."""
+    report = subprocess.run(["perf", "report", "-i", data, "--sort", "comm,dso", "--stdio"], capture_output=True,
+                            text=True).stdout
+    rows = []
+    for line in report.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0].endswith("%") and not line.startswith("#"):
+            rows.append((float(parts[0][:-1]), " ".join(parts[1:-1]), parts[-1]))
+    return rows[:top]
+
+
 def actor_work(stage, count: int) -> float:
     """Images/s of the actor's work, no Ray, over the first ``count`` candidates of the entry's task."""
     env_file = stage.task("gap-work", count)
@@ -86,13 +186,29 @@ def actor_work(stage, count: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=256, help="the candidates' size")
+    parser.add_argument("--input", type=int, default=0, help="the model's input size (default: --size)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--forward-s", type=float, default=8, help="seconds of each layout of the forward limit")
+    parser.add_argument("--cpu", action="store_true", help="only where the CPU went during the entry's steady phase")
+    parser.add_argument("--perf", default="", help="with --cpu: a file for `perf record -a` over the first round's steady phase")
     args = parser.parse_args()
+    if args.cpu:
+        with tempfile.TemporaryDirectory(prefix="steady-gap-") as tmp:
+            stage = train_stage(Path(tmp), args.images, args.input or args.size, False, image_size=args.size)
+            rounds = [entry_cpu(stage, args.images, args.perf if k == 0 else "") for k in range(args.rounds)]
+        for r in rounds:
+            print(json.dumps(r))
+        shares = perf_shares(args.perf) if args.perf else []
+        for share, comm, dso in shares:
+            print(f"{share:6.2f} %  {comm:18} {dso}")
+        print(save("steady_cpu", {"images": args.images, "image_size": args.size, "input": args.input or args.size,
+                                  "batch": BATCH, "model": "yolov8_n", "rounds": rounds,
+                                  "perf_first_round_by_thread_name_and_library": shares}))
+        return
     runs: dict[str, list[float]] = {"forward": [], "actor's work, no Ray": [], "entry steady": []}
     with tempfile.TemporaryDirectory(prefix="steady-gap-") as tmp:
-        stage = train_stage(Path(tmp), args.images, args.size, False)
+        stage = train_stage(Path(tmp), args.images, args.input or args.size, False, image_size=args.size)
         for round_ in range(args.rounds):
             runs["entry steady"].append(stage.ours(f"gap-entry-{round_}", args.images)["steady_images_per_s"])
             runs["actor's work, no Ray"].append(actor_work(stage, args.images))
@@ -105,7 +221,8 @@ def main() -> None:
         print(f"  {name:22} {rate:8.1f} images/s  {100 * rate / forward:5.1f} % of the forward limit")
     share = medians["entry steady"] / medians["actor's work, no Ray"]
     print(f"  the entry reaches {100 * share:.1f} % of the same work without Ray")
-    print(save("steady_gap", {"images": args.images, "image_size": args.size, "batch": BATCH, "model": "yolov8_n",
+    print(save("steady_gap", {"images": args.images, "image_size": args.size, "input": args.input or args.size,
+                              "batch": BATCH, "model": "yolov8_n",
                               "rounds": args.rounds, "median": medians, "runs": runs,
                               "of_forward": {k: round(v / forward, 3) for k, v in medians.items()},
                               "entry_of_no_ray": round(share, 3)}))
