@@ -162,8 +162,6 @@ class Detector:
         # layout natively instead of reordering every input and output. yolov8_n at 256 px,
         # batches of 8, one stream per core on one thread: 142.5 -> 215.7 images/s (2 cores,
         # bench/infer_bench.py's forward limit, both layouts). Not measured on a GPU: left as is there.
-        # ONNX Runtime takes its input in NCHW order whatever the model's layout: inputs for it
-        # stay as the data preprocessor stacks them (set below, once the runtime is known).
         self.model = self.model.to(memory_format=torch.channels_last if device == "cpu" else torch.contiguous_format)
         #: the key of ``infer/runtimes.py:RUNTIMES`` that runs the network: ``cpu_runtime`` on the
         #: CPU, torch on a GPU, and torch where ``cpu_runtime`` cannot serve this network
@@ -177,11 +175,7 @@ class Detector:
                         bundle.source, type(error).__name__, error)
             self.runtime = "torch"
             self.network = RUNTIMES[self.runtime](self.model, bundle.input_size)
-        #: the order of the network's input: channels-last for torch on the CPU (above); ONNX
-        #: Runtime's graph takes NCHW, and two reorders of every batch (to channels-last here,
-        #: back in ``OnnxNetwork``) were 2 % of a CPU actor thread's time (yolov8_n at 160 px)
-        self.memory_format = (torch.channels_last if device == "cpu" and self.runtime == "torch"
-                              else torch.contiguous_format)
+        self.memory_format = self.network.memory_format  # the order the runtime takes its input in
         self.device = device
         self._network = threading.Lock() if device != "cpu" else contextlib.nullcontext()
         self._boxes = threading.Lock()

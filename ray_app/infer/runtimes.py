@@ -30,7 +30,13 @@ class TorchNetwork:
     """The network in torch, as mmdet runs it."""
 
     def __init__(self, model: torch.nn.Module, input_size: int) -> None:
+        import torch
+
         self.model = model
+        #: the order the input is given in: channels-last on the CPU, where oneDNN's convolutions
+        #: take it natively (``Detector`` puts the model's weights in that order too); NCHW on a GPU
+        cpu = next(model.parameters()).device.type == "cpu"
+        self.memory_format = torch.channels_last if cpu else torch.contiguous_format
 
     def __call__(self, inputs: torch.Tensor, features: bool) -> tuple[tuple[Any, ...], torch.Tensor | None]:
         """(the head's outputs, as ``predict_by_feat`` takes them; the deepest neck level
@@ -52,6 +58,10 @@ class OnnxNetwork:
 
         from ray_app.onnx_graph import cpu_session, to_onnx
 
+        #: NCHW, the order of the graph's input: a channels-last batch would be reordered for
+        #: nothing and back in ``__call__`` (two copies of every batch, 2 % of a CPU actor
+        #: thread's time with yolov8_n at 160 px)
+        self.memory_format = torch.contiguous_format
         maps = _maps_module(model)
         noise = torch.from_numpy(np.random.default_rng(0).normal(size=(1, 3, input_size, input_size)).astype("float32"))
         with torch.no_grad():  # one torch pass: the outputs' layout, and what ONNX Runtime must match
