@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import save  # noqa: E402
-from bench.scaling_bench import steady_rate  # noqa: E402
+from bench.scaling_bench import REPO, SUMMARY, entry_env, steady_rate  # noqa: E402
 from bench.infer_bench import BATCH, train_stage  # noqa: E402
 
 #: the child process: the actor's work over the entry task's candidates, two threads, one JSON line out
@@ -130,9 +130,7 @@ def cpu_snapshot() -> dict:
 def entry_cpu(stage, count: int, perf: str = "") -> dict:
     """The entry (infer over ``count`` candidates) with the CPU of its steady phase, by process:
     CPU seconds and the share of (window x cores)."""
-    env = {**os.environ, "YMIR_ENV_FILE": str(stage.task("gap-cpu", count)), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=env, cwd=Path(__file__).resolve().parents[1],
+    proc = subprocess.Popen([sys.executable, "-m", "ray_app"], env=entry_env(stage.task("gap-cpu", count)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, first, last = [], None, None
     for line in proc.stdout:
@@ -142,7 +140,7 @@ def entry_cpu(stage, count: int, perf: str = "") -> dict:
             if perf:
                 recorder = subprocess.Popen(["perf", "record", "-F", "997", "-a", "-o", perf, "-q"],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        elif last is None and first is not None and "then " in line and " images/s" in line and "first result after" in line:
+        elif last is None and first is not None and SUMMARY.search(line):
             last = cpu_snapshot()
             if perf:
                 recorder.send_signal(signal.SIGINT)
@@ -150,7 +148,6 @@ def entry_cpu(stage, count: int, perf: str = "") -> dict:
     assert proc.wait() == 0 and first and last, "".join(lines)[-3000:]
     window = last["at"] - first["at"]
     cores = os.cpu_count()
-
     procs: dict[str, float] = {}
     for pid, (what, cpu) in last["procs"].items():
         procs[what] = procs.get(what, 0.0) + cpu - first["procs"].get(pid, (what, 0.0))[1]
@@ -178,7 +175,7 @@ def actor_work(stage, count: int) -> float:
     """Images/s of the actor's work, no Ray, over the first ``count`` candidates of the entry's task."""
     env_file = stage.task("gap-work", count)
     proc = subprocess.run([sys.executable, "-c", CHILD, str(env_file), str(BATCH)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1])
+                          text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])["images_per_s"]
 

@@ -158,11 +158,6 @@ class Detector:
         from ray_app.infer.runtimes import RUNTIMES
 
         self.model = build_detector(bundle, device)
-        # On the CPU, tensors in channels-last (NHWC) order: oneDNN's convolutions run on that
-        # layout natively instead of reordering every input and output. yolov8_n at 256 px,
-        # batches of 8, one stream per core on one thread: 142.5 -> 215.7 images/s (2 cores,
-        # bench/infer_bench.py's forward limit, both layouts). Not measured on a GPU: left as is there.
-        self.model = self.model.to(memory_format=torch.channels_last if device == "cpu" else torch.contiguous_format)
         #: the key of ``infer/runtimes.py:RUNTIMES`` that runs the network: ``cpu_runtime`` on the
         #: CPU, torch on a GPU, and torch where ``cpu_runtime`` cannot serve this network
         self.runtime = cpu_runtime if device == "cpu" else "torch"

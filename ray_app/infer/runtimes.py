@@ -32,11 +32,14 @@ class TorchNetwork:
     def __init__(self, model: torch.nn.Module, input_size: int) -> None:
         import torch
 
-        self.model = model
-        #: the order the input is given in: channels-last on the CPU, where oneDNN's convolutions
-        #: take it natively (``Detector`` puts the model's weights in that order too); NCHW on a GPU
+        #: the order of the input and the weights: on the CPU channels-last (NHWC), which oneDNN's
+        #: convolutions run natively instead of reordering every input and output (yolov8_n at
+        #: 256 px, batches of 8, one stream per core on one thread: 142.5 -> 215.7 images/s on
+        #: 2 cores, bench/infer_bench.py's forward limit, both layouts); as given on a GPU (not
+        #: measured there)
         cpu = next(model.parameters()).device.type == "cpu"
         self.memory_format = torch.channels_last if cpu else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)
 
     def __call__(self, inputs: torch.Tensor, features: bool) -> tuple[tuple[Any, ...], torch.Tensor | None]:
         """(the head's outputs, as ``predict_by_feat`` takes them; the deepest neck level
