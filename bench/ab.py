@@ -57,7 +57,7 @@ def main() -> None:
                 for version, src in order if r % 2 == 0 else order[::-1]:
                     use(src)
                     if args.timeline:
-                        steps = stage.timeline(args.images)
+                        steps = stage.timeline(args.images).steps
                         for at, step in steps:
                             runs[version].setdefault(step, []).append(at)
                         print(version, r, steps, flush=True)

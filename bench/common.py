@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,48 @@ def machine() -> dict:
             "python": platform.python_version(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+class BusyCores:
+    """How many of the machine's cores were busy while a block ran: ``/proc/stat`` (Linux) read
+    every ``interval`` s by a thread. ``between(a, b)`` averages the samples from ``a`` to ``b``
+    seconds after the block began: whether a step of a start-up had the machine to itself or
+    waited on one process while cores stood idle."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (seconds since the start, busy cores since the sample before)
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # all jiffies, idle + iowait
+
+    def _sample(self) -> None:
+        cores = os.cpu_count() or 1
+        before = self._read()
+        while not self._stop.wait(self.interval):
+            now = self._read()
+            total = now[0] - before[0]
+            if total:
+                self.samples.append((time.monotonic() - self.start, cores * (1 - (now[1] - before[1]) / total)))
+            before = now
+
+    def __enter__(self) -> BusyCores:
+        self.start = time.monotonic()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, a: float, b: float) -> float | None:
+        """Mean busy cores over the samples that end within (a, b]; None if none do."""
+        inside = [busy for at, busy in self.samples if a < at <= b]
+        return round(sum(inside) / len(inside), 2) if inside else None
 
 
 def save(name: str, payload: dict) -> Path:

@@ -136,7 +136,11 @@ def main() -> None:
                 if count != args.infer_images[0]:
                     continue
                 if fits("start-up timeline"):
-                    results.keep("start-up timeline", {step: at for at, step in stage.timeline(count)})
+                    timeline = stage.timeline(count)
+                    results.keep("start-up timeline", {step: at for at, step in timeline.steps})
+                    results.keep("start-up busy cores", {step: busy for (_, step), busy in
+                                                         zip(timeline.steps, timeline.busy_cores)})
+                    results.keep("model actor's start", timeline.actor)
                 if fits("forward limit"):
                     results.keep("forward limit", stage.forward_limit(args.forward_s))
                 if fits(f"mining {args.algorithm} + infer"):

@@ -24,7 +24,7 @@ separately (the candidates are the first N of one generated set). Mining: every 
 through the entry (mining only), one run each, on the first count.
 
     .venv/bin/python bench/infer_bench.py [--images 320 2000] [--size 256] [--rounds 3] [--gpu]
-    .venv/bin/python bench/infer_bench.py --images 320 --timeline     # the start-up, step by step
+    .venv/bin/python bench/infer_bench.py --images 320 --timeline [--rounds 3]   # the start-up, step by step (startup_timeline.json)
     .venv/bin/python bench/infer_bench.py --runtime-ab --algorithms aldd   # cpu_runtime torch vs onnxruntime
 
 Results go to bench/results/infer.json (infer_gpu.json with --gpu).
@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import save  # noqa: E402
+from bench.common import BusyCores, save  # noqa: E402
 from bench.scaling_bench import entry_timeline, run_entry, startup_s, steady_rate, train_model  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
 from ray_app.mining import ALGORITHMS  # noqa: E402
@@ -137,10 +138,46 @@ def crossover(ours: dict, original: dict, count: int) -> float | None:
 #: ``{n}`` is the image count. Sorted by when they appear: the order differs between versions.
 TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
             ("INFO ray_app.infer.model: model: ", "driver has the model stage (torch, mmengine imported)"),
-            ("Starting execution of Dataset", "Ray is up, the pipeline starts"),
+            ("local Ray up in ", "Ray is up (ray.init returned)"),
+            ("Starting execution of Dataset", "the pipeline starts"),
             ("model actor ready", "model actor ready (its process, imports, model)"),
             (": first results after ", "first results at the driver"),
             ("task done", "all images done, outputs written"))
+
+#: the model actor's ready line: its start-up, step by step ("imports 1.3 s, mmdet/mmyolo 1.7 s, ...")
+ACTOR_READY = re.compile(r"model actor ready on node \w+ \([^)]*\): (.*)")
+
+
+@dataclasses.dataclass
+class Timeline:
+    """An infer task's start-up, step by step (``Stage.timeline``)."""
+
+    #: (seconds from the process's start, step), in the order they came, the process's end last
+    steps: list[tuple[float, str]]
+    #: per step: the machine's busy cores (of ``os.cpu_count()``) from the step before to this one
+    busy_cores: list[float | None]
+    #: the model actor's own start-up from its ready line: step -> seconds
+    actor: dict[str, float]
+
+    @staticmethod
+    def median(runs: list[Timeline]) -> Timeline:
+        """Each step's median over ``runs`` (the steps the first run saw, in its order)."""
+        def med(values):
+            values = [v for v in values if v is not None]
+            return round(statistics.median(values), 2) if values else None
+
+        steps = [step for _, step in runs[0].steps]
+        at = [{step: (t, busy) for (t, step), busy in zip(run.steps, run.busy_cores)} for run in runs]
+        return Timeline([(med(a[step][0] for a in at if step in a), step) for step in steps],
+                        [med(a[step][1] for a in at if step in a) for step in steps],
+                        {k: med(run.actor.get(k) for run in runs) for k in runs[0].actor})
+
+    def table(self) -> str:
+        rows = [f"{at:7.2f} (+{at - before:5.2f})  {f'{busy:.2f}' if busy is not None else '-':>5}  {step}"
+                for (at, step), before, busy in zip(self.steps, [0.0] + [t for t, _ in self.steps], self.busy_cores)]
+        actor = ", ".join(f"{step} {s:.1f} s" for step, s in self.actor.items())
+        return "\n".join([f"{'s':>7} {'(+step)':>8}  {'cores':>5}  step (cores: busy, of {os.cpu_count()})", *rows,
+                          f"the model actor's start: {actor or 'not in its ready line'}"])
 
 
 @dataclasses.dataclass
@@ -196,14 +233,21 @@ class Stage:
         return python_json(FORWARD, self.file("_config.py"), self.file(".pth"), str(self.size), str(BATCH),
                            self.device, str(seconds))
 
-    def timeline(self, count: int) -> list[tuple[float, str]]:
+    def timeline(self, count: int) -> Timeline:
         """The entry's start-up, step by step: seconds from the process's start to each
         ``TIMELINE`` line, as each line reaches this process (the log's own timestamps have
-        one-second resolution), then the process's end."""
-        code, log, wall, seen = entry_timeline(self.task(f"timeline-{count}", count),
-                                               tuple((marker.format(n=count), step) for marker, step in TIMELINE))
+        one-second resolution), then the process's end; how busy the machine was in each step;
+        and the model actor's own steps from its ready line."""
+        with BusyCores() as busy:
+            code, log, wall, seen = entry_timeline(self.task(f"timeline-{count}", count),
+                                                   tuple((marker.format(n=count), step) for marker, step in TIMELINE))
         assert code == 0, log[-3000:]
-        return sorted((at, step) for step, at in seen.items()) + [(round(wall, 2), "process ended")]
+        steps = sorted((at, step) for step, at in seen.items()) + [(round(wall, 2), "process ended")]
+        ready = ACTOR_READY.search(log)
+        actor = {item.rsplit(" ", 2)[0]: float(item.rsplit(" ", 2)[1]) for item in ready.group(1).split(", ")} \
+            if ready else {}
+        return Timeline(steps, [busy.between(before, at) for (at, _), before in zip(steps, [0.0] + [t for t, _ in steps])],
+                        actor)
 
 
 def train_stage(work: Path, images: int, size: int, gpu: bool, image_size: int | None = None) -> Stage:
@@ -304,10 +348,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="infer-bench-") as tmp:
         stage = train_stage(Path(tmp), max(args.images), args.input or args.size, args.gpu, args.size)
         if args.timeline:
-            steps = stage.timeline(args.images[0])
-            print(f"\nthe entry's start-up, {args.images[0]} images (seconds from the process's start):")
-            for (at, step), previous in zip(steps, [0.0] + [t for t, _ in steps]):
-                print(f"{at:7.2f} (+{at - previous:5.2f})  {step}")
+            runs = []
+            for round_ in range(args.rounds):
+                runs.append(stage.timeline(args.images[0]))
+                print(f"\nthe entry's start-up, {args.images[0]} images, run {round_ + 1} of {args.rounds} "
+                      "(seconds from the process's start):")
+                print(runs[-1].table(), flush=True)
+            if len(runs) > 1:
+                print(f"\nmedians of {len(runs)}:")
+                print(Timeline.median(runs).table())
+            print(save("startup_timeline", {"images": args.images[0], "size": args.size, "input": args.input or args.size,
+                                            "median": dataclasses.asdict(Timeline.median(runs)),
+                                            "runs": [dataclasses.asdict(run) for run in runs]}))
             return
         if args.mining_only:
             return mining_rates(stage, args)

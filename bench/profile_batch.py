@@ -3,9 +3,10 @@
 Trains yolov8_n one epoch on generated data (as ``infer_bench.py`` does), then runs the
 actor's steps on batches of ``--batch`` generated 256 px candidates in this process, with
 one thread (each thread of a CPU model actor runs so), and times each step:
-read (file bytes), decode + test pipeline (PIL, letterbox), data preprocessor (stack,
-normalise), network (backbone, neck, head), boxes (decoding, score threshold, NMS) and
-the result rows (JSON). Medians over ``--batches`` batches after two warm-up batches; a
+read (file bytes), decode + test pipeline (PIL, letterbox; and each step of the pipeline
+alone: the model's resize, letterbox, packing), data preprocessor (stack, normalise),
+network (backbone, neck, head), boxes (decoding, score threshold, NMS) and the result rows
+(JSON). Medians over ``--batches`` batches after two warm-up batches; a
 torch profiler table of the torch network's top operators is kept beside them. The network
 runs as ``--cpu-runtime`` says (the actor's ``Detector.network``; default torch).
 
@@ -65,6 +66,8 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in ("read", "decode", "decode_and_pipeline", "data_preprocessor",
                                                           "network", "boxes_and_nms", "result_rows")}
 
+        steps: dict[str, list[float]] = {}  # each step of the test pipeline alone, ms per batch
+
         def timed(name: str, fn, *a, **kw):
             start = time.perf_counter()
             out = fn(*a, **kw)
@@ -74,7 +77,13 @@ def main() -> None:
         with torch.no_grad():
             for i in range(0, len(paths), args.batch):
                 batch = timed("read", read_batch, {"path": np.array(paths[i:i + args.batch], dtype=object)})
-                timed("decode", lambda encoded: [decode_bgr(e) for e in encoded], batch["data"])  # alone, for its share
+                # alone, for its share; then each step of the test pipeline on its own
+                state = [dict(img=image, img_id=k) for k, image in
+                         enumerate(timed("decode", lambda encoded: [decode_bgr(e) for e in encoded], batch["data"]))]
+                for transform in preprocess.pipeline.transforms:
+                    start = time.perf_counter()
+                    state = [transform(sample) for sample in state]
+                    steps.setdefault(type(transform).__name__, []).append(1000 * (time.perf_counter() - start))
                 samples = timed("decode_and_pipeline", preprocess.samples, batch["data"], list(batch["error"]))
                 data_in = timed("data_preprocessor", model.data_preprocessor,
                                 {"inputs": [s["inputs"] for s in samples],
@@ -89,17 +98,24 @@ def main() -> None:
         ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
     medians = {k: round(statistics.median(v[2:]), 2) for k, v in times.items()}
+    step_medians = {k: round(statistics.median(v[2:]), 2) for k, v in steps.items()}
     total = sum(v for k, v in medians.items() if k != "decode")  # decode_and_pipeline holds it
     print(f"one batch of {args.batch} images ({args.size} px, input {size}, yolov8_n), the network in {args.cpu_runtime}, "
           f"1 thread, median of {args.batches}:")
     for name, ms in medians.items():
         print(f"  {name:22} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
     print(f"  {'total':22} {total:8.2f} ms  = {1000 * args.batch / total:.1f} images/s on one core")
+    print("  the test pipeline, step by step (within decode_and_pipeline):")
+    for name, ms in step_medians.items():
+        print(f"    {name:20} {ms:8.2f} ms  {100 * ms / total:5.1f} %")
+    print(f"  the network's share of a batch, {100 * medians['network'] / total:.1f} %, is the most a model actor's "
+          "steady rate can reach of the forward limit, with Ray costing nothing")
     print(ops)
     name = "profile" if args.cpu_runtime == "torch" else f"profile_{args.cpu_runtime}"
     name += f"_{args.size}px_input{size}" if (args.size, size) != (SIZE, SIZE) else ""
     path = save(name, {"cpu_runtime": args.cpu_runtime, "batch": args.batch, "batches": args.batches, "image_size": args.size, "img_size": size, "model": "yolov8_n",
-                            "torch_threads": 1, "median_ms": medians, "total_ms": round(total, 2),
+                            "torch_threads": 1, "median_ms": medians, "pipeline_steps_ms": step_medians,
+                            "total_ms": round(total, 2), "network_share": round(medians["network"] / total, 3),
                             "images_per_s_one_core": round(1000 * args.batch / total, 1), "network_top_ops": ops})
     print(f"full results: {path}")
 

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -180,9 +181,15 @@ def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tup
         auth = "token authentication" if local_ray_token() else f"no authentication ({AUTH_MODE_VARIABLE})"
         cpus = container_cpus()
         log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard, %s)", cpus, len(gpu_ids), auth)
+        asked = time.monotonic()
         # address="local": always a new Ray of our own, even if another runs on this machine
         ray.init(address="local", num_cpus=cpus, num_gpus=len(gpu_ids), include_dashboard=False,
                  log_to_driver=True, configure_logging=False)
+        # ray.init waits for Ray's GCS, then its API server (a Python process, started even
+        # without a dashboard), then its raylet, which registers once its dashboard agent (a
+        # second Python process) is up: 4.2 s on 2 cores, the longest step of a task's start,
+        # with a core mostly idle (bench/infer_bench.py --timeline)
+        log.info("local Ray up in %.1f s", time.monotonic() - asked)
         return "", False
     token_source = use_auth_token(auth_token)
     log.info("joining the Ray cluster at %s%s", address,

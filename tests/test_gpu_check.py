@@ -37,7 +37,10 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert {"Ray Train's controller is up", "first logged iterations"} <= set(timeline)
     assert set(steps["infer 24"]) == {"ray_app", "original"}
     assert all(row["steady_images_per_s"] > 0 for row in steps["infer 24"].values())
-    assert "process ended" in steps["start-up timeline"]
+    assert {"Ray is up (ray.init returned)", "process ended"} <= set(steps["start-up timeline"])
+    assert set(steps["start-up busy cores"]) == set(steps["start-up timeline"])
+    # the model actor's own start, from its ready line
+    assert list(steps["model actor's start"]) == ["imports", "mmdet/mmyolo", "model", "onnxruntime"]
     assert steps["forward limit"]["images_per_s"] > 0
     assert steps["train entry AMP, NaN after a stage"]["met"], steps["train entry AMP, NaN after a stage"]
     summary = steps["summary"]

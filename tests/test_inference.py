@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ def test_infer_alone(infer_task, sample):
     assert sum(len(e["boxes"]) for e in result.values()) > 0, "the trained model found nothing"
     assert not (run.out / "result.tsv").exists()
     assert "[##############################] 12/12 images" in run.output  # the progress bar
+    assert re.search(r"local Ray up in [\d.]+ s", run.output), run.output[-3000:]
 
 
 def test_infer_old_protocol_uses_annotations(infer_task, sample):
@@ -350,6 +352,10 @@ def test_mining_and_infer_with_onnx_runtime_give_torch_s_outputs(infer_task, sam
         run = run_entry(infer_task(run_mining=True, run_infer=True, cpu_runtime=runtime, **config))
         assert run.returncode == 0, run.output[-3000:]
         assert ("network in ONNX Runtime" in run.output) == (runtime == "onnxruntime")
+        # the ready line says where the actor's start went, naming the runtime that serves
+        ready = re.search(r"model actor ready on node \w+ \([^)]*\): imports [\d.]+ s, mmdet/mmyolo [\d.]+ s, "
+                          r"model [\d.]+ s, (\w+) [\d.]+ s", run.output)
+        assert ready and ready.group(1) == runtime, run.output[-3000:]
         outputs[runtime] = (read_tsv(run.out), check_infer_result(run.out, candidates(sample)))
     (torch_ranked, torch_boxes), (onnx_ranked, onnx_boxes) = outputs["torch"], outputs["onnxruntime"]
     assert [p for p, _ in onnx_ranked] == [p for p, _ in torch_ranked]

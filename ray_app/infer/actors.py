@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,8 +28,9 @@ import ray
 import torch
 
 from ray_app.devices import model_device
+from ray_app.infer import LOADING_SINCE
 from ray_app.infer.images import decode_bgr, with_bytes
-from ray_app.infer.model import Detector, ModelBundle, Pass
+from ray_app.infer.model import Detector, ModelBundle, Pass, import_model_modules
 from ray_app.infer.runtimes import RUNTIMES
 from ray_app.mining import ALGORITHMS, MiningBatch
 from ray_app.pause import pause_point
@@ -68,6 +70,15 @@ def skip_training_only_imports() -> None:
         return
     for name in TRAINING_ONLY_IMPORTS:
         sys.modules.setdefault(name, None)
+
+
+def start_up(imports_s: float, model_imports_s: float, detector: Detector) -> str:
+    """Where a model actor's start went, for its ready line: the inference modules' imports
+    (torch, mmengine), mmcv's, mmdet's and mmyolo's, building the model (its weights loaded,
+    on its device: a GPU's CUDA start falls here) and setting up its runtime (ONNX Runtime:
+    the export and its check)."""
+    return (f"imports {imports_s:.1f} s, mmdet/mmyolo {model_imports_s:.1f} s, model {detector.build_s:.1f} s, "
+            f"{detector.runtime} {detector.network_s:.1f} s")
 
 
 class Preprocess:
@@ -146,7 +157,10 @@ class DetectorActor:
     the ``Detector`` decides what may run side by side."""
 
     def __init__(self, spec: DetectorSpec) -> None:
+        started = time.monotonic()
         skip_training_only_imports()
+        import_model_modules()
+        imported = time.monotonic()
         bundle = ray.get(spec.bundle) if isinstance(spec.bundle, ray.ObjectRef) else spec.bundle
         device = model_device(spec.use_gpu)
         if device == "cpu":
@@ -162,7 +176,8 @@ class DetectorActor:
         self.node_id = ray.get_runtime_context().get_node_id()
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', network in ONNX Runtime' if self.detector.runtime == 'onnxruntime' else ''}"
-              f"{', decoding its own images' if self.preprocess else ''})", flush=True)
+              f"{', decoding its own images' if self.preprocess else ''}): "
+              f"{start_up(started - LOADING_SINCE, imported - started, self.detector)}", flush=True)
 
     def _unpack(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[dict[str, Any] | None]:
         """Packed samples from the preprocessing stage's arrays and JSON meta."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,15 +109,26 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
     return bundle
 
 
+def import_model_modules() -> None:
+    """mmcv's, mmdet's and mmyolo's modules that a detector is built from, with mmyolo's
+    registry: the larger part of a model actor's imports (1.8 of 3.3 s on 2 cores,
+    ``bench/infer_bench.py --timeline``; ``mmcv.cnn`` alone, 0.85 s, brings in mmengine's
+    runner and optimisers, and with them torch's FSDP modules, which inference never runs)."""
+    import mmcv.cnn  # noqa: F401
+    import mmdet.apis  # noqa: F401
+    from mmyolo.utils import register_all_modules
+
+    register_all_modules()
+
+
 def build_detector(bundle: ModelBundle, device: str) -> torch.nn.Module:
     """The mmyolo detector of ``bundle`` on ``device``, in eval mode, each BatchNorm folded into
     the convolution before it, as mmyolo's deploy tools do (the same outputs to float rounding,
     one op less per layer). 300004 when the weights do not fit the config."""
+    import_model_modules()
     from mmcv.cnn import fuse_conv_bn
     from mmdet.apis import init_detector
-    from mmyolo.utils import register_all_modules
 
-    register_all_modules()
     cfg = bundle.cfg.copy()
     cfg.model.use_syncbn = False
     model = init_detector(cfg, checkpoint=None, device=device, palette="none")
@@ -157,7 +169,12 @@ class Detector:
     def __init__(self, bundle: ModelBundle, device: str, cpu_runtime: str = "torch") -> None:
         from ray_app.infer.runtimes import RUNTIMES
 
+        started = time.monotonic()
         self.model = build_detector(bundle, device)
+        built = time.monotonic()
+        #: seconds to build the model (its weights loaded, on its device: a GPU's CUDA start
+        #: falls here), then to set its runtime up (``network_s``), for the actor's ready line
+        self.build_s = built - started
         #: the key of ``infer/runtimes.py:RUNTIMES`` that runs the network: ``cpu_runtime`` on the
         #: CPU, torch on a GPU, and torch where ``cpu_runtime`` cannot serve this network
         self.runtime = cpu_runtime if device == "cpu" else "torch"
@@ -170,6 +187,7 @@ class Detector:
                         bundle.source, type(error).__name__, error)
             self.runtime = "torch"
             self.network = RUNTIMES[self.runtime](self.model, bundle.input_size)
+        self.network_s = time.monotonic() - built
         self.memory_format = self.network.memory_format  # the order the runtime takes its input in
         self.device = device
         self._network = threading.Lock() if device != "cpu" else contextlib.nullcontext()
