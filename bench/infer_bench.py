@@ -140,6 +140,7 @@ TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
             ("INFO ray_app.infer.model: model: ", "driver has the model stage (torch, mmengine imported)"),
             ("local Ray up in ", "Ray is up (ray.init returned)"),
             ("Starting execution of Dataset", "the pipeline starts"),
+            ("preprocessing actor ready", "first preprocessing actor ready (GPU layout)"),
             ("model actor ready", "model actor ready (its process, imports, model)"),
             (": first results after ", "first results at the driver"),
             ("task done", "all images done, outputs written"))

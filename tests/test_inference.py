@@ -162,7 +162,7 @@ def test_killed_model_actor_loses_no_image(tmp_path, trained):
     assert "worker died or was killed" in text and "60/60 images" in text  # killed, and finished
 
 
-def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
+def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained, capsys):
     """The GPU layout (a preprocessing stage, then the model actor) and the CPU layout (the
     model actor decodes its own images) give the same boxes and scores; and the CPU actor,
     called from two threads at once as Ray Data calls it, gives what it gives serially."""
@@ -173,7 +173,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     import numpy as np
     import ray
 
-    from ray_app.infer.actors import DetectorActor, DetectorSpec, Preprocess
+    from ray_app.infer.actors import DetectorActor, DetectorSpec, PreprocessActor
     from ray_app.infer.images import read_batch
     from ray_app.infer.model import inference_pipeline, load_stage
 
@@ -188,7 +188,10 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained):
     try:
         spec = DetectorSpec(bundle=bundle, task_id="t1", algorithm="entropy", conf_threshold=0.05)
         gpu_layout = DetectorActor(spec)  # fed by the Preprocess stage
-        preprocess = Preprocess(steps, 128)
+        preprocess = PreprocessActor(steps, 128)  # the GPU layout's stage, as Ray Data builds it
+        ready = re.search(r"preprocessing actor ready on node \w+: imports [\d.]+ s, pipeline [\d.]+ s",
+                          capsys.readouterr().out)
+        assert ready, "the preprocessing actor says where its start went"
         separate = [gpu_layout(preprocess(batch)) for batch in batches]
         cpu_layout = DetectorActor(dataclasses.replace(spec, preprocess_steps=tuple(steps)))
         serial = [cpu_layout(batch) for batch in batches]

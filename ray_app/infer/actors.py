@@ -6,7 +6,7 @@ local Ray rows carry paths and the first actor reads them (``images.with_bytes``
 keeps ``error`` so a bad image flows through as an empty result instead of failing its batch.
 
 Two layouts (``pipeline.stream_results`` picks one):
-- **GPU**: a pool of ``Preprocess`` actors decodes on the CPUs and hands letterboxed arrays
+- **GPU**: a pool of ``PreprocessActor``s decodes on the CPUs and hands letterboxed arrays
   to one ``DetectorActor`` per GPU, so decoding scales with the CPUs, not with the GPUs.
 - **CPU**: each ``DetectorActor`` decodes its own batches (``preprocess_steps`` given) and
   works on one batch per CPU it holds, in as many threads, each running torch on one
@@ -122,6 +122,19 @@ class Preprocess:
             metas.append(json.dumps({k: _jsonable(meta[k]) for k in META_KEYS if k in meta}))
         return {"path": batch["path"], "inputs": np.stack(inputs), "meta": np.array(metas, dtype=object),
                 "error": np.array(errors, dtype=object)}
+
+
+class PreprocessActor(Preprocess):
+    """The GPU layout's preprocessing stage as Ray Data runs it, in actors of its own: a
+    ``Preprocess`` that says, once up, where its start went, as the model actor does. The
+    first results need both, so the two ready lines tell a slow preprocessing start from a
+    slow model actor."""
+
+    def __init__(self, steps: list[dict[str, Any]], size: int) -> None:
+        started = time.monotonic()
+        super().__init__(steps, size)
+        print(f"preprocessing actor ready on node {ray.get_runtime_context().get_node_id()}: "
+              f"imports {started - LOADING_SINCE:.1f} s, pipeline {time.monotonic() - started:.1f} s", flush=True)
 
 
 @dataclass(frozen=True)

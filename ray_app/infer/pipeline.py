@@ -15,7 +15,7 @@ import numpy as np
 import ray
 from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
-from ray_app.infer.actors import DetectorActor, DetectorSpec, Preprocess
+from ray_app.infer.actors import DetectorActor, DetectorSpec, PreprocessActor
 from ray_app.infer.images import read_batch
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
@@ -118,7 +118,7 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
                             label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
     if gpu_ids:
-        ds = ds.map_batches(Preprocess, fn_constructor_kwargs={"steps": steps, "size": bundle.input_size},
+        ds = ds.map_batches(PreprocessActor, fn_constructor_kwargs={"steps": steps, "size": bundle.input_size},
                             batch_size=batch_size, num_cpus=PREPROCESS_CPUS,
                             compute=ActorPoolStrategy(min_size=1, max_size=max(1, params.workers_per_gpu) * plan.count))
     weights = getattr(params, "class_distribution_scores", None)
