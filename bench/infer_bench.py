@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import BusyCores, save  # noqa: E402
 from bench.scaling_bench import entry_timeline, run_entry, startup_s, steady_rate, train_model  # noqa: E402
 from ray_app.data.sample import make_dataset, write_task  # noqa: E402
+from ray_app.infer.actors import start_up  # noqa: E402
 from ray_app.mining import ALGORITHMS  # noqa: E402
 
 BATCH = 8
@@ -145,8 +146,9 @@ TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
             (": first results after ", "first results at the driver"),
             ("task done", "all images done, outputs written"))
 
-#: the model actor's ready line: its start-up, step by step ("imports 1.3 s, mmdet/mmyolo 1.7 s, ...")
+#: the model actor's ready line: its start-up, step by step (``actors.start_up``: "imports 1.3 s, mmdet/mmyolo 1.7 s, ...")
 ACTOR_READY = re.compile(r"model actor ready on node \w+ \([^)]*\): (.*)")
+ACTOR_STEP = re.compile(r"([^,]+) ([\d.]+) s")
 
 
 @dataclasses.dataclass
@@ -176,7 +178,7 @@ class Timeline:
     def table(self) -> str:
         rows = [f"{at:7.2f} (+{at - before:5.2f})  {f'{busy:.2f}' if busy is not None else '-':>5}  {step}"
                 for (at, step), before, busy in zip(self.steps, [0.0] + [t for t, _ in self.steps], self.busy_cores)]
-        actor = ", ".join(f"{step} {s:.1f} s" for step, s in self.actor.items())
+        actor = start_up(list(self.actor.items()))
         return "\n".join([f"{'s':>7} {'(+step)':>8}  {'cores':>5}  step (cores: busy, of {os.cpu_count()})", *rows,
                           f"the model actor's start: {actor or 'not in its ready line'}"])
 
@@ -245,8 +247,7 @@ class Stage:
         assert code == 0, log[-3000:]
         steps = sorted((at, step) for step, at in seen.items()) + [(round(wall, 2), "process ended")]
         ready = ACTOR_READY.search(log)
-        actor = {item.rsplit(" ", 2)[0]: float(item.rsplit(" ", 2)[1]) for item in ready.group(1).split(", ")} \
-            if ready else {}
+        actor = {step.strip(): float(s) for step, s in ACTOR_STEP.findall(ready.group(1))} if ready else {}
         return Timeline(steps, [busy.between(before, at) for (at, _), before in zip(steps, [0.0] + [t for t, _ in steps])],
                         actor)
 

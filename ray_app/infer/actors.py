@@ -72,13 +72,10 @@ def skip_training_only_imports() -> None:
         sys.modules.setdefault(name, None)
 
 
-def start_up(imports_s: float, model_imports_s: float, detector: Detector) -> str:
-    """Where a model actor's start went, for its ready line: the inference modules' imports
-    (torch, mmengine), mmcv's, mmdet's and mmyolo's, building the model (its weights loaded,
-    on its device: a GPU's CUDA start falls here) and setting up its runtime (ONNX Runtime:
-    the export and its check)."""
-    return (f"imports {imports_s:.1f} s, mmdet/mmyolo {model_imports_s:.1f} s, model {detector.build_s:.1f} s, "
-            f"{detector.runtime} {detector.network_s:.1f} s")
+def start_up(phases: list[tuple[str, float]]) -> str:
+    """Where an actor's start went, for its ready line: ``imports 1.5 s, mmdet/mmyolo 1.8 s``,
+    each phase's name and seconds, in order (``bench/infer_bench.py --timeline`` reads them)."""
+    return ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases)
 
 
 class Preprocess:
@@ -133,8 +130,9 @@ class PreprocessActor(Preprocess):
     def __init__(self, steps: list[dict[str, Any]], size: int) -> None:
         started = time.monotonic()
         super().__init__(steps, size)
-        print(f"preprocessing actor ready on node {ray.get_runtime_context().get_node_id()}: "
-              f"imports {started - LOADING_SINCE:.1f} s, pipeline {time.monotonic() - started:.1f} s", flush=True)
+        phases = [("imports", started - LOADING_SINCE), ("pipeline", time.monotonic() - started)]
+        print(f"preprocessing actor ready on node {ray.get_runtime_context().get_node_id()}: {start_up(phases)}",
+              flush=True)
 
 
 @dataclass(frozen=True)
@@ -187,10 +185,14 @@ class DetectorActor:
         self.task_id = spec.task_id
         self.feature_dim = self.detector.feature_dim() if spec.features else 0  # 0: no features asked for
         self.node_id = ray.get_runtime_context().get_node_id()
+        # the inference modules (torch, mmengine), mmcv's, mmdet's and mmyolo's, the model with its
+        # weights on its device (a GPU's CUDA start falls here), its runtime (ONNX Runtime: the
+        # export and its check)
+        phases = [("imports", started - LOADING_SINCE), ("mmdet/mmyolo", imported - started),
+                  ("model", self.detector.build_s), (self.detector.runtime, self.detector.network_s)]
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', network in ONNX Runtime' if self.detector.runtime == 'onnxruntime' else ''}"
-              f"{', decoding its own images' if self.preprocess else ''}): "
-              f"{start_up(started - LOADING_SINCE, imported - started, self.detector)}", flush=True)
+              f"{', decoding its own images' if self.preprocess else ''}): {start_up(phases)}", flush=True)
 
     def _unpack(self, batch: dict[str, np.ndarray], errors: list[str]) -> list[dict[str, Any] | None]:
         """Packed samples from the preprocessing stage's arrays and JSON meta."""
