@@ -146,7 +146,7 @@ TIMELINE = (("starting a local Ray", "driver asks Ray to start"),
             (": first results after ", "first results at the driver"),
             ("task done", "all images done, outputs written"))
 
-#: the model actor's ready line: its start-up, step by step (``actors.start_up``: "imports 1.3 s, mmdet/mmyolo 1.7 s, ...")
+#: the model actor's ready line: its start-up, step by step (``actors.start_up``: "process 1.4 s, imports 1.3 s, mmdet/mmyolo 0.9 s, ...")
 ACTOR_READY = re.compile(r"model actor ready on node \w+ \([^)]*\): (.*)")
 ACTOR_STEP = re.compile(r"([^,]+) ([\d.]+) s")
 

@@ -40,7 +40,7 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert {"Ray is up (ray.init returned)", "process ended"} <= set(steps["start-up timeline"])
     assert set(steps["start-up busy cores"]) == set(steps["start-up timeline"])
     # the model actor's own start, from its ready line
-    assert list(steps["model actor's start"]) == ["imports", "mmdet/mmyolo", "model", "onnxruntime"]
+    assert list(steps["model actor's start"]) == ["process", "imports", "mmdet/mmyolo", "model", "onnxruntime"]
     assert steps["forward limit"]["images_per_s"] > 0
     assert steps["train entry AMP, NaN after a stage"]["met"], steps["train entry AMP, NaN after a stage"]
     summary = steps["summary"]

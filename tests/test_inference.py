@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -189,7 +190,7 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained, capsys):
         spec = DetectorSpec(bundle=bundle, task_id="t1", algorithm="entropy", conf_threshold=0.05)
         gpu_layout = DetectorActor(spec)  # fed by the Preprocess stage
         preprocess = PreprocessActor(steps, 128)  # the GPU layout's stage, as Ray Data builds it
-        ready = re.search(r"preprocessing actor ready on node \w+: imports [\d.]+ s, pipeline [\d.]+ s",
+        ready = re.search(r"preprocessing actor ready on node \w+: process [\d.]+ s, imports [\d.]+ s, pipeline [\d.]+ s",
                           capsys.readouterr().out)
         assert ready, "the preprocessing actor says where its start went"
         separate = [gpu_layout(preprocess(batch)) for batch in batches]
@@ -221,14 +222,16 @@ def test_gpu_and_cpu_layouts_give_the_same_results(sample, trained, capsys):
 
 
 def test_actors_skip_training_only_imports():
-    """Inside a Ray actor, mmdet finds neither scikit-learn nor albumentations (its optional
-    imports for tracking and the Albu augmentation, 0.6 s of a model actor's start), and
-    still builds the inference pipeline; a process that is no actor keeps both."""
+    """Inside a Ray actor, mmdet and mmengine find neither scikit-learn, albumentations, torch's
+    ZeroRedundancyOptimizer nor mmengine's FSDP strategy (optional imports for tracking, the Albu
+    augmentation and distributed training), mmengine's FSDP wrapper is a placeholder, so torch's
+    FSDP modules are never loaded (1.3 s of a model actor's start together), and the inference
+    pipeline and the model's modules still import; a process that is no actor keeps them all."""
     import importlib
 
     import ray
 
-    from ray_app.infer.actors import TRAINING_ONLY_IMPORTS, skip_training_only_imports
+    from ray_app.infer.actors import TRAINING_ONLY_IMPORTS, TRAINING_ONLY_STUBS, skip_training_only_imports
 
     def importable() -> dict[str, bool]:
         found = {}
@@ -245,22 +248,32 @@ def test_actors_skip_training_only_imports():
         def __init__(self) -> None:
             skip_training_only_imports()
 
-        def check(self) -> tuple[dict[str, bool], bool]:
+        def check(self) -> tuple[dict[str, bool], bool, bool, str]:
             from mmdet.datasets.transforms import transforms
-            from mmyolo.utils import register_all_modules
 
-            register_all_modules()
-            return importable(), transforms.albumentations is None
+            from ray_app.infer.model import import_model_modules
+
+            import_model_modules()
+            from mmengine.model import MMFullyShardedDataParallel
+            try:
+                MMFullyShardedDataParallel(module=None)
+                refused = ""
+            except RuntimeError as e:
+                refused = str(e)
+            return importable(), transforms.albumentations is None, "torch.distributed.fsdp" in sys.modules, refused
 
     ray.init(num_cpus=1, include_dashboard=False, address="local")
     try:
-        found, albu_off = ray.get(Probe.remote().check.remote())
+        found, albu_off, fsdp_loaded, refused = ray.get(Probe.remote().check.remote())
         skip_training_only_imports()  # the driver is no actor: nothing changes
         here = importable()
     finally:
         ray.shutdown()
     assert found == dict.fromkeys(TRAINING_ONLY_IMPORTS, False) and albu_off
+    assert not fsdp_loaded
+    assert "is for training" in refused and list(TRAINING_ONLY_STUBS)[0] in refused
     assert here == dict.fromkeys(TRAINING_ONLY_IMPORTS, True)
+    assert "torch.distributed.fsdp" in sys.modules  # the real modules, here
 
 
 def test_model_size_by_default_and_cfg_options(tmp_path, sample, trained):
@@ -356,7 +369,7 @@ def test_mining_and_infer_with_onnx_runtime_give_torch_s_outputs(infer_task, sam
         assert run.returncode == 0, run.output[-3000:]
         assert ("network in ONNX Runtime" in run.output) == (runtime == "onnxruntime")
         # the ready line says where the actor's start went, naming the runtime that serves
-        ready = re.search(r"model actor ready on node \w+ \([^)]*\): imports [\d.]+ s, mmdet/mmyolo [\d.]+ s, "
+        ready = re.search(r"model actor ready on node \w+ \([^)]*\): process [\d.]+ s, imports [\d.]+ s, mmdet/mmyolo [\d.]+ s, "
                           r"model [\d.]+ s, (\w+) [\d.]+ s", run.output)
         assert ready and ready.group(1) == runtime, run.output[-3000:]
         outputs[runtime] = (read_tsv(run.out), check_infer_result(run.out, candidates(sample)))

@@ -21,6 +21,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,19 +29,28 @@ import ray
 import torch
 
 from ray_app.devices import model_device
-from ray_app.infer import LOADING_SINCE
+from ray_app.infer import LOADING_SINCE, PROCESS_AGE_AT_LOADING
 from ray_app.infer.images import decode_bgr, with_bytes
 from ray_app.infer.model import Detector, ModelBundle, Pass, import_model_modules
 from ray_app.infer.runtimes import RUNTIMES
 from ray_app.mining import ALGORITHMS, MiningBatch
 from ray_app.pause import pause_point
 
-#: Libraries mmdet imports only if it can (each in ``try: import ... except ImportError``), for
-#: what inference never runs: scikit-learn for multi-object tracking
+#: Modules a model actor never runs, which mmdet and mmengine import only if they can (each in
+#: ``try: import ... except ImportError``): scikit-learn, for multi-object tracking
 #: (``mmdet.models.task_modules.tracking``); albumentations, which imports scikit-learn through
-#: qudida, for the ``Albu`` training augmentation. Together 0.6 s of a model actor's imports on
-#: 2 cores (2.06 -> 1.45 s for mmyolo's modules and ``mmdet.apis``).
-TRAINING_ONLY_IMPORTS = ("sklearn", "albumentations")
+#: qudida, for the ``Albu`` training augmentation (together 0.6 s of a model actor's imports on 2
+#: cores: 2.06 -> 1.45 s); torch's ZeroRedundancyOptimizer (``mmengine.optim``, which then
+#: registers a placeholder) and mmengine's FSDP strategy (``mmengine._strategy``, which then
+#: leaves it out). The last two and ``TRAINING_ONLY_STUBS`` keep torch's FSDP and DTensor
+#: modules, with sympy, out of the actor: ``mmcv.cnn`` imports mmengine's runner, and with it
+#: these, though inference builds no optimiser and wraps no model (mmcv's, mmdet's and
+#: mmyolo's imports 1.74 -> 1.00 s, medians of 3, alone on 2 cores).
+TRAINING_ONLY_IMPORTS = ("sklearn", "albumentations", "torch.distributed.optim", "mmengine._strategy.fsdp")
+
+#: Modules imported without a ``try``, whose one class stands in there by a placeholder that
+#: refuses to be built: ``mmengine.model`` imports its FSDP wrapper whenever torch is 2.0 or later.
+TRAINING_ONLY_STUBS = {"mmengine.model.wrappers.fully_sharded_distributed": "MMFullyShardedDataParallel"}
 
 META_KEYS = ("ori_shape", "img_shape", "scale_factor", "pad_param", "pad_shape", "batch_input_shape", "img_id")
 
@@ -62,14 +72,36 @@ def detection_row(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> 
 
 
 def skip_training_only_imports() -> None:
-    """Inside a Ray actor, have mmdet's optional imports of ``TRAINING_ONLY_IMPORTS`` fail as
-    if they were not installed (``sys.modules[name] = None``; one already imported stays).
+    """Inside a Ray actor, have the optional imports of ``TRAINING_ONLY_IMPORTS`` fail as if they
+    were not installed (``sys.modules[name] = None``; one already imported stays), and
+    ``TRAINING_ONLY_STUBS`` import their placeholders.
     Only there: an actor owns its worker process, which ends with it. A driver or a test
     process that builds these classes directly is left as it is."""
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return
     for name in TRAINING_ONLY_IMPORTS:
         sys.modules.setdefault(name, None)
+    for name, cls in TRAINING_ONLY_STUBS.items():
+        sys.modules.setdefault(name, _training_only_stub(name, cls))
+
+
+def _training_only_stub(name: str, cls: str) -> ModuleType:
+    """A module ``name`` whose class ``cls`` says, if anything builds it, why it is not here."""
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{cls} is for training; a model actor leaves {name} out (ray_app.infer.actors)")
+
+    module = ModuleType(name)
+    setattr(module, cls, type(cls, (), {"__init__": refuse, "__module__": name}))
+    return module
+
+
+def loaded(started: float) -> list[tuple[str, float]]:
+    """An actor's first phases, up to ``started`` (``time.monotonic()`` once its imports are
+    done): its worker process's own start (``process``: Python, Ray's core worker, ``ray.data``,
+    on Linux) and the inference modules' imports with torch and mmengine (``imports``)."""
+    process = [("process", PROCESS_AGE_AT_LOADING)] if PROCESS_AGE_AT_LOADING is not None else []
+    return [*process, ("imports", started - LOADING_SINCE)]
 
 
 def start_up(phases: list[tuple[str, float]]) -> str:
@@ -130,7 +162,7 @@ class PreprocessActor(Preprocess):
     def __init__(self, steps: list[dict[str, Any]], size: int) -> None:
         started = time.monotonic()
         super().__init__(steps, size)
-        phases = [("imports", started - LOADING_SINCE), ("pipeline", time.monotonic() - started)]
+        phases = [*loaded(started), ("pipeline", time.monotonic() - started)]
         print(f"preprocessing actor ready on node {ray.get_runtime_context().get_node_id()}: {start_up(phases)}",
               flush=True)
 
@@ -185,10 +217,10 @@ class DetectorActor:
         self.task_id = spec.task_id
         self.feature_dim = self.detector.feature_dim() if spec.features else 0  # 0: no features asked for
         self.node_id = ray.get_runtime_context().get_node_id()
-        # the inference modules (torch, mmengine), mmcv's, mmdet's and mmyolo's, the model with its
-        # weights on its device (a GPU's CUDA start falls here), its runtime (ONNX Runtime: the
-        # export and its check)
-        phases = [("imports", started - LOADING_SINCE), ("mmdet/mmyolo", imported - started),
+        # its process, the inference modules (torch, mmengine), mmcv's, mmdet's and mmyolo's, the
+        # model with its weights on its device (a GPU's CUDA start falls here), its runtime (ONNX
+        # Runtime: the export and its check)
+        phases = [*loaded(started), ("mmdet/mmyolo", imported - started),
                   ("model", self.detector.build_s), (self.detector.runtime, self.detector.network_s)]
         print(f"model actor ready on node {self.node_id} ({device}"
               f"{', network in ONNX Runtime' if self.detector.runtime == 'onnxruntime' else ''}"

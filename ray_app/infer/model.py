@@ -113,7 +113,8 @@ def import_model_modules() -> None:
     """mmcv's, mmdet's and mmyolo's modules that a detector is built from, with mmyolo's
     registry: the larger part of a model actor's imports (1.8 of 3.3 s on 2 cores,
     ``bench/infer_bench.py --timeline``; ``mmcv.cnn`` alone, 0.85 s, brings in mmengine's
-    runner and optimisers, and with them torch's FSDP modules, which inference never runs)."""
+    runner and optimisers, and with them torch's FSDP modules, which inference never runs: a
+    model actor leaves those out first, ``actors.skip_training_only_imports``)."""
     import mmcv.cnn  # noqa: F401
     import mmdet.apis  # noqa: F401
     from mmyolo.utils import register_all_modules
