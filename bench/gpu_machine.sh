@@ -6,13 +6,10 @@
 # that GPU (all of them: 323 s on 16 cores for sm_90; now NMS alone first, bench/mmcv_nms_only.py),
 # then runs bench/gpu_check.py, all output in $OUT.
 #
-# .whl/ (git-ignored) was made on a machine with network: the cp312 manylinux wheels of
-# requirements.txt + constraints.txt less torch, the nvidia packages and what the lent machine
-# already has; ray's wheel with ray/jars and ray/rllib taken out (to fit the 64 MiB that may
-# travel); setuptools<81 (mmcv's setup.py needs pkg_resources); mmcv-2.0.1.tar.gz. E.g.
-#   pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
-#       --platform manylinux_2_28_x86_64 -d .whl -r requirements.txt -c constraints.txt
-# then remove what the machine has. Run as: bash bench/gpu_machine.sh (ARCH=9.0 by default).
+# .whl/ (git-ignored) is made here, where pip reaches an index, by bench/gpu_wheelhouse.sh: the
+# cp312 wheels of the pinned stack that the lent image lacks (Ray's trimmed to fit the 64 MiB
+# that may travel), setuptools<81 (mmcv's setup.py needs pkg_resources) and mmcv-2.0.1.tar.gz.
+# Run as: bash bench/gpu_machine.sh (ARCH=9.0 by default), with .whl carried.
 # The lent GPU machine: install the carried wheels beside its own torch, build mmcv's CUDA ops
 # for this GPU, then bench/gpu_check.py. Everything it measures lands in $OUT.
 REPO=$PWD; T0=$(date +%s)
