@@ -45,7 +45,7 @@ from ray_app.pause import pause_point
 #: leaves it out). The last two and ``TRAINING_ONLY_STUBS`` keep torch's FSDP and DTensor
 #: modules, with sympy, out of the actor: ``mmcv.cnn`` imports mmengine's runner, and with it
 #: these, though inference builds no optimiser and wraps no model (mmcv's, mmdet's and
-#: mmyolo's imports 1.74 -> 1.00 s, medians of 3, alone on 2 cores).
+#: mmyolo's imports 1.68 -> 0.94 s, medians of 3 alone on 2 cores: ``bench/actor_imports.py``).
 TRAINING_ONLY_IMPORTS = ("sklearn", "albumentations", "torch.distributed.optim", "mmengine._strategy.fsdp")
 
 #: Modules imported without a ``try``, whose one class stands in there by a placeholder that
@@ -79,6 +79,12 @@ def skip_training_only_imports() -> None:
     process that builds these classes directly is left as it is."""
     if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
         return
+    leave_out_training_only()
+
+
+def leave_out_training_only() -> None:
+    """What :func:`skip_training_only_imports` does inside an actor, in any process (for
+    ``bench/actor_imports.py``): a process that calls it cannot train afterwards."""
     for name in TRAINING_ONLY_IMPORTS:
         sys.modules.setdefault(name, None)
     for name, cls in TRAINING_ONLY_STUBS.items():
