@@ -151,6 +151,11 @@ ACTOR_READY = re.compile(r"model actor ready on node \w+ \([^)]*\): (.*)")
 ACTOR_STEP = re.compile(r"([^,]+) ([\d.]+) s")
 
 
+def _since(steps: list[tuple[float, str]]) -> list[float]:
+    """Each step's start: the time of the step before it (0 for the first)."""
+    return [0.0] + [at for at, _ in steps[:-1]]
+
+
 @dataclasses.dataclass
 class Timeline:
     """An infer task's start-up, step by step (``Stage.timeline``)."""
@@ -177,7 +182,7 @@ class Timeline:
 
     def table(self) -> str:
         rows = [f"{at:7.2f} (+{at - before:5.2f})  {f'{busy:.2f}' if busy is not None else '-':>5}  {step}"
-                for (at, step), before, busy in zip(self.steps, [0.0] + [t for t, _ in self.steps], self.busy_cores)]
+                for (at, step), before, busy in zip(self.steps, _since(self.steps), self.busy_cores)]
         actor = start_up(list(self.actor.items()))
         return "\n".join([f"{'s':>7} {'(+step)':>8}  {'cores':>5}  step (cores: busy, of {os.cpu_count()})", *rows,
                           f"the model actor's start: {actor or 'not in its ready line'}"])
@@ -248,8 +253,7 @@ class Stage:
         steps = sorted((at, step) for step, at in seen.items()) + [(round(wall, 2), "process ended")]
         ready = ACTOR_READY.search(log)
         actor = {step.strip(): float(s) for step, s in ACTOR_STEP.findall(ready.group(1))} if ready else {}
-        return Timeline(steps, [busy.between(before, at) for (at, _), before in zip(steps, [0.0] + [t for t, _ in steps])],
-                        actor)
+        return Timeline(steps, [busy.between(before, at) for (at, _), before in zip(steps, _since(steps))], actor)
 
 
 def train_stage(work: Path, images: int, size: int, gpu: bool, image_size: int | None = None) -> Stage:
@@ -356,11 +360,12 @@ def main() -> None:
                 print(f"\nthe entry's start-up, {args.images[0]} images, run {round_ + 1} of {args.rounds} "
                       "(seconds from the process's start):")
                 print(runs[-1].table(), flush=True)
+            median = Timeline.median(runs)
             if len(runs) > 1:
                 print(f"\nmedians of {len(runs)}:")
-                print(Timeline.median(runs).table())
+                print(median.table())
             print(save("startup_timeline", {"images": args.images[0], "size": args.size, "input": args.input or args.size,
-                                            "median": dataclasses.asdict(Timeline.median(runs)),
+                                            "median": dataclasses.asdict(median),
                                             "runs": [dataclasses.asdict(run) for run in runs]}))
             return
         if args.mining_only:

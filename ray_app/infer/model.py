@@ -111,10 +111,11 @@ def load_stage(params: InferParams, models_dir: str) -> ModelBundle:
 
 def import_model_modules() -> None:
     """mmcv's, mmdet's and mmyolo's modules that a detector is built from, with mmyolo's
-    registry: the larger part of a model actor's imports (1.8 of 3.3 s on 2 cores,
-    ``bench/infer_bench.py --timeline``; ``mmcv.cnn`` alone, 0.85 s, brings in mmengine's
-    runner and optimisers, and with them torch's FSDP modules, which inference never runs: a
-    model actor leaves those out first, ``actors.skip_training_only_imports``)."""
+    registry. ``mmcv.cnn`` brings in mmengine's runner and optimisers, and with them torch's
+    FSDP modules, which inference never runs: a model actor leaves those out first
+    (``actors.skip_training_only_imports``), and these imports take it 0.94 s instead of 1.68 s
+    on 2 cores (``bench/actor_imports.py``; 0.9 of the actor's 2.8 s after its process is up,
+    ``bench/infer_bench.py --timeline``)."""
     import mmcv.cnn  # noqa: F401
     import mmdet.apis  # noqa: F401
     from mmyolo.utils import register_all_modules
