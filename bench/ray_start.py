@@ -1,15 +1,17 @@
 """How long a local Ray takes to start, as the entry starts it, and where ``ray.init`` waits.
 
 Each run is a fresh process that starts a local Ray with the entry's own
-``ray_session.start_or_join`` (``ray.init(address="local")``, no dashboard, a token kept in the
-environment), then shuts Ray down. From Ray's own
-logs of that session it reads when the GCS started, when the raylet started its agents
-(``ray.init`` starts the raylet only once Ray's API server, a Python process started even
-without a dashboard, has published its address) and when the raylet registered (once its
-dashboard agent, a second Python process, answers). ``--env NAME=VALUE`` alternates runs with
-and without a setting; medians and every run go to bench/results/ray_start.json.
+``ray_session.start_or_join`` (``ray.init(address="local")``, no dashboard, API server or
+autoscaler monitor, a token kept in the environment), then shuts Ray down. From Ray's own logs
+of that session it reads when the GCS started, when the raylet started its agents and when the
+raylet registered (once its dashboard agent, a Python process, answers). ``--full`` alternates
+runs with Ray started in full: its API server (a Python process started even without a
+dashboard, whose address ``ray.init`` waits for before it starts the raylet) and autoscaler
+monitor too, what ``ray_session.LOCAL_RAY_LEAVES_OUT`` leaves out. ``--env NAME=VALUE``
+alternates runs with and without a setting. Medians and every run go to
+bench/results/ray_start.json.
 
-    .venv/bin/python bench/ray_start.py [--runs 4] [--env RAY_enable_metrics_collection=0]
+    .venv/bin/python bench/ray_start.py [--runs 4] [--full] [--env RAY_enable_metrics_collection=0]
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from bench.common import save  # noqa: E402
 
 #: the child: a local Ray started as the entry starts it; prints how long that took and Ray's session dir
 CHILD = r'''
-import json, time, ray
+import json, os, time, ray
+from ray_app import ray_session
 from ray_app.ray_session import start_or_join
+if os.environ.get("BENCH_RAY_IN_FULL"):  # --full: Ray's own start, nothing left out
+    ray_session.LOCAL_RAY_LEAVES_OUT.clear()
 start = time.monotonic()
 start_or_join("", [])
 took = time.monotonic() - start
@@ -71,8 +76,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4, help="runs of each variant, alternated")
     parser.add_argument("--env", default="", help="NAME=VALUE: a variant with this setting, alternated with none")
+    parser.add_argument("--full", action="store_true",
+                        help="a variant with Ray started in full (its API server and autoscaler monitor too)")
     args = parser.parse_args()
     variants = {"as the entry": {}}
+    if args.full:
+        variants["in full"] = {"BENCH_RAY_IN_FULL": "1"}
     if args.env:
         name, _, value = args.env.partition("=")
         variants[args.env] = {name: value}

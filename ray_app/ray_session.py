@@ -168,6 +168,48 @@ def join_as_node(address: str, gpu_ids: list[int]) -> None:
         raise YmirError(ErrorCode.NETWORK, f"could not join the Ray cluster at {address}: {tail[0]}")
 
 
+#: What a local Ray leaves out of Ray's start: the method of ``ray._private.node.Node`` that would
+#: start it, and its name in the log. A local Ray is this container alone, started for the task
+#: and ended with it. Ray's API server (``dashboard.py``, started even with
+#: ``include_dashboard=False``) then serves one module, the usage reports that the executor never
+#: sends, yet ``ray.init`` waits for it to publish its address before it starts the raylet. The
+#: autoscaler's monitor (``monitor.py``) has nothing to scale, and boots on the same cores
+#: meanwhile. Without both, ``ray.init`` took 3.18 s instead of 5.11 (medians of 4 alternated
+#: runs on 2 cores, ``bench/ray_start.py``).
+LOCAL_RAY_LEAVES_OUT = {
+    "start_api_server": "API server",
+    "start_monitor": "autoscaler monitor",
+}
+
+
+def _left_out(self: object, *args: object, **kwargs: object) -> None:
+    """Stands in for a :data:`LOCAL_RAY_LEAVES_OUT` method while a local Ray starts."""
+
+
+@contextmanager
+def lean_local_start() -> Iterator[tuple[str, ...]]:
+    """While a local Ray starts in this block, Ray starts none of :data:`LOCAL_RAY_LEAVES_OUT`.
+    Yields the methods left out: none, with one warning line, if this Ray lacks one of them (a
+    Ray other than the pinned one), which then starts in full. Ray's GCS, raylet, dashboard agent
+    (the raylet waits for it), runtime-env agent and log monitor start as always."""
+    from ray._private.node import Node
+
+    missing = [name for name in LOCAL_RAY_LEAVES_OUT if not callable(getattr(Node, name, None))]
+    if missing:
+        log.warning("Ray %s has no Node.%s: the local Ray starts with its API server and autoscaler",
+                    ray.__version__, " or Node.".join(missing))
+        yield ()
+        return
+    saved = {name: getattr(Node, name) for name in LOCAL_RAY_LEAVES_OUT}
+    try:
+        for name in saved:
+            setattr(Node, name, _left_out)
+        yield tuple(saved)
+    finally:
+        for name, method in saved.items():
+            setattr(Node, name, method)
+
+
 def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tuple[str, bool]:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), presenting ``auth_token`` (see
     :func:`use_auth_token`), else start a local Ray sized to this container with only the
@@ -180,15 +222,16 @@ def start_or_join(address: str, gpu_ids: list[int], auth_token: str = "") -> tup
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
         auth = "token authentication" if local_ray_token() else f"no authentication ({AUTH_MODE_VARIABLE})"
         cpus = container_cpus()
-        log.info("starting a local Ray (%d CPUs, %d GPUs, no dashboard, %s)", cpus, len(gpu_ids), auth)
-        asked = time.monotonic()
-        # address="local": always a new Ray of our own, even if another runs on this machine
-        ray.init(address="local", num_cpus=cpus, num_gpus=len(gpu_ids), include_dashboard=False,
-                 log_to_driver=True, configure_logging=False)
-        # ray.init waits for Ray's GCS, then its API server (a Python process, started even
-        # without a dashboard), then its raylet, which registers once its dashboard agent (a
-        # second Python process) is up: 4.2 s on 2 cores, the longest step of a task's start,
-        # with a core mostly idle (bench/infer_bench.py --timeline)
+        with lean_local_start() as left_out:
+            parts = ["dashboard", *(LOCAL_RAY_LEAVES_OUT[name] for name in left_out)]
+            log.info("starting a local Ray (%d CPUs, %d GPUs, no %s, %s)", cpus, len(gpu_ids),
+                     " or ".join(filter(None, (", ".join(parts[:-1]), parts[-1]))), auth)
+            asked = time.monotonic()
+            # address="local": always a new Ray of our own, even if another runs on this machine.
+            # ray.init waits for Ray's GCS, then its raylet, which registers once its dashboard
+            # agent (a Python process) is up
+            ray.init(address="local", num_cpus=cpus, num_gpus=len(gpu_ids), include_dashboard=False,
+                     log_to_driver=True, configure_logging=False)
         log.info("local Ray up in %.1f s", time.monotonic() - asked)
         return "", False
     token_source = use_auth_token(auth_token)

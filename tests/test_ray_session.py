@@ -15,39 +15,53 @@ import pytest
 from conftest import REPO, run_entry
 from ray_app.devices import container_cpus
 
-#: the child: start the executor's local Ray, then read what Ray's dashboard process decided
-#: about usage reports (it logs one line at its start), waiting for that line, not for a time
+#: the child: start the executor's local Ray, then print every process it started, one per line
 CHILD = r'''
-import time
-from pathlib import Path
+import os
 import ray
-from ray_app.ray_session import start_or_join
+from ray._private.node import Node
+from ray_app.ray_session import LOCAL_RAY_LEAVES_OUT, _left_out, descendants, start_or_join
 
 start_or_join("", [])
-log = Path(ray._private.worker._global_node.get_logs_dir_path()) / "dashboard.log"
-deadline = time.monotonic() + 120  # a bound for a broken Ray, not the wait itself
-line = ""
-while not line and time.monotonic() < deadline:
-    text = log.read_text() if log.exists() else ""
-    line = next((l for l in text.splitlines() if "Usage reporting is" in l), "")
-    time.sleep(0.05)
-print(line or "no usage line in " + str(log))
+assert all(getattr(Node, name) is not _left_out for name in LOCAL_RAY_LEAVES_OUT), "Node not restored"
+for pid in descendants(os.getpid()):
+    try:
+        print(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip())
+    except OSError:
+        pass
 ray.shutdown()
 '''
 
 
-def test_a_local_ray_never_reports_usage():
-    """Ray's dashboard process (it runs even with no dashboard) would send usage statistics to
-    Ray's makers a minute after the start. ``ray.init`` of a Ray release turns that off, whatever
-    the environment says (its nightly wheels ask instead); this holds Ray to it, since the
-    executor never reaches the network at run time. ``ray start`` reports by default: the
-    image turns it off (``tests/test_image.py``), and :func:`ray_app.ray_session.join_as_node`
-    passes ``--disable-usage-stats``."""
+def test_a_local_ray_starts_lean_and_never_reports_usage():
+    """The local Ray starts no API server and no autoscaler monitor
+    (``ray_session.LOCAL_RAY_LEAVES_OUT``), while its GCS, raylet and the raylet's dashboard
+    agent run, and Ray's own ``Node`` is as it was afterwards. The API server is the one process
+    that would send usage statistics to Ray's makers (its one module without a dashboard), so
+    none is sent, whatever the environment says: the executor never reaches the network at run
+    time. ``ray start`` reports by default: the image turns it off (``tests/test_image.py``), and
+    :func:`ray_app.ray_session.join_as_node` passes ``--disable-usage-stats``."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "1"}  # what an environment may say
     proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, cwd=REPO,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Usage reporting is disabled" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    started = proc.stdout
+    assert "gcs_server" in started and "raylet" in started and "DashboardAgent" in started, started
+    assert "dashboard/dashboard.py" not in started and "autoscaler/_private/monitor.py" not in started, started
+
+
+def test_a_ray_without_what_is_left_out_starts_in_full(monkeypatch, caplog):
+    """A Ray other than the pinned one, whose ``Node`` lacks a method that
+    ``LOCAL_RAY_LEAVES_OUT`` names, starts in full after one warning line, not with an error."""
+    from ray._private.node import Node
+
+    from ray_app.ray_session import lean_local_start
+
+    monkeypatch.delattr(Node, "start_monitor")
+    with caplog.at_level("WARNING", logger="ray_app.ray_session"), lean_local_start() as left_out:
+        assert left_out == ()
+        assert Node.start_api_server.__name__ == "start_api_server"
+    assert "has no Node.start_monitor: the local Ray starts with its API server and autoscaler" in caplog.text
 
 
 #: the child: start the executor's local Ray and say which GCS and how many CPUs it got
