@@ -323,6 +323,45 @@ def test_a_gpu_torch_cannot_use_is_300102_in_the_model_actor(sample, trained):
     assert message.startswith("a GPU was asked for but torch cannot use one here: "), message
 
 
+def test_a_local_ray_s_pipeline_starts_no_autoscaling_coordinator(sample, trained):
+    """On a local Ray, Ray Data learns what it may use from the node itself
+    (``ray_app.infer.local_autoscaler``): no ``AutoscalingCoordinator`` actor, a process of its
+    own, is started. On a joined cluster (``ray_address``) Ray Data's own autoscaler starts it,
+    since a cluster autoscaler may act on its requests. Both give the same results, and Ray
+    Data's own autoscaler is in place again once the local pipeline is done."""
+    import ray
+    from ray.data._internal.execution import streaming_executor
+
+    from ray_app.infer.model import load_stage
+    from ray_app.infer.pipeline import stream_results
+    from ray_app.protocol.hyperparams import InferParams
+
+    ray_datas = streaming_executor.create_cluster_autoscaler
+    models, files = best_stage_files(trained)
+    params = InferParams.model_validate(dict(class_names=sample.class_names, model_params_path=files, img_size=128,
+                                             samples_per_gpu=4, workers_per_gpu=1, cpu_num_workers=1,
+                                             conf_threshold=0.05, iou_threshold=0.65))
+    bundle = load_stage(params, str(models))
+
+    def run(run_params: InferParams) -> tuple[dict[str, str], set[str]]:
+        results = {}
+        for batch in stream_results(candidates(sample), bundle, run_params, None, [], "t1"):
+            results.update(zip(map(str, batch["path"]), map(str, batch["detections"])))
+        return results, {actor["name"] for actor in ray.util.list_named_actors(all_namespaces=True)}
+
+    ray.init(num_cpus=2, include_dashboard=False, address="local")
+    try:
+        local, local_actors = run(params)
+        restored = streaming_executor.create_cluster_autoscaler is ray_datas
+        joined, joined_actors = run(params.model_copy(update={"ray_address": ray.get_runtime_context().gcs_address}))
+    finally:
+        ray.shutdown()
+    assert "AutoscalingCoordinator" not in local_actors, local_actors
+    assert "AutoscalingCoordinator" in joined_actors, joined_actors
+    assert restored
+    assert len(local) == len(candidates(sample)) and local == joined
+
+
 def test_the_onnx_runtime_network_gives_the_torch_network_s_results(sample, trained):
     """``cpu_runtime: onnxruntime``: the network exported when the actor starts and run in ONNX
     Runtime gives, on every pass the mining scores make (plain, flipped, brighter, with

@@ -7,6 +7,7 @@ driver; the first actor reads the files itself (``images.with_bytes``).
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
 from ray_app.infer.actors import DetectorActor, DetectorSpec, PreprocessActor
 from ray_app.infer.images import read_batch
+from ray_app.infer.local_autoscaler import local_cluster_autoscaler
 from ray_app.infer.model import ModelBundle, inference_pipeline
 from ray_app.protocol.errors import ErrorCode, YmirError
 from ray_app.protocol.hyperparams import InferParams
@@ -113,7 +115,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
     block = rows_per_block(len(images), batch_size, plan)
     blocks = max(1, min(len(images) // block, 10_000))
     ds = ray.data.from_items([{"path": p} for p in images], override_num_blocks=blocks)
-    if not local_ray(params.ray_address, nodes):  # on a local Ray every actor sees /in
+    local = local_ray(params.ray_address, nodes)
+    if not local:  # on a local Ray every actor sees /in
         ds = ds.map_batches(read_batch, batch_size=block, num_cpus=0, compute=TaskPoolStrategy(size=READ_TASKS),
                             label_selector=driver_node_label())
     steps = inference_pipeline(bundle.cfg)  # the preprocessors need the pipeline, not the weights
@@ -134,7 +137,8 @@ def stream_results(images: list[str], bundle: ModelBundle, params: InferParams, 
         compute=ActorPoolStrategy(size=plan.count, max_concurrent_calls_per_actor=plan.batches_at_once,
                                   enable_true_multi_threading=True))
     try:
-        yield from ds.iter_batches(batch_size=None, batch_format="numpy")
+        with local_cluster_autoscaler() if local else contextlib.nullcontext():
+            yield from ds.iter_batches(batch_size=None, batch_format="numpy")
     except ray.exceptions.GetTimeoutError as error:
         what = f"{plan.count} GPU model actors" if gpu_ids else f"{plan.count} CPU model actors"
         raise YmirError(ErrorCode.NO_GPU if gpu_ids else ErrorCode.CONFIG,
