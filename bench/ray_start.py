@@ -5,9 +5,10 @@ Each run is a fresh process that starts a local Ray with the entry's own
 autoscaler monitor, a token kept in the environment), then shuts Ray down. From Ray's own logs
 of that session it reads when the GCS started, when the raylet started its agents and when the
 raylet registered (once its dashboard agent, a Python process, answers). ``--full`` alternates
-runs with Ray started in full: its API server (a Python process started even without a
-dashboard, whose address ``ray.init`` waits for before it starts the raylet) and autoscaler
-monitor too, what ``ray_session.LOCAL_RAY_LEAVES_OUT`` leaves out. ``--env NAME=VALUE``
+runs with Ray started as ``ray.init`` starts it, without ``ray_session.lean_local_start``: with
+its API server (a Python process started even without a dashboard, whose address ``ray.init``
+waits for before it starts the raylet) and autoscaler monitor, and asking the GCS for the
+registered raylet once a second. ``--env NAME=VALUE``
 alternates runs with and without a setting. Medians and every run go to
 bench/results/ray_start.json.
 
@@ -31,11 +32,11 @@ from bench.common import save  # noqa: E402
 
 #: the child: a local Ray started as the entry starts it; prints how long that took and Ray's session dir
 CHILD = r'''
-import json, os, time, ray
+import contextlib, json, os, time, ray
 from ray_app import ray_session
 from ray_app.ray_session import start_or_join
-if os.environ.get("BENCH_RAY_IN_FULL"):  # --full: Ray's own start, nothing left out
-    ray_session.LOCAL_RAY_LEAVES_OUT.clear()
+if os.environ.get("BENCH_RAY_IN_FULL"):  # --full: Ray's own start, as ray.init does it
+    ray_session.lean_local_start = lambda: contextlib.nullcontext(())
 start = time.monotonic()
 start_or_join("", [])
 took = time.monotonic() - start
@@ -77,7 +78,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4, help="runs of each variant, alternated")
     parser.add_argument("--env", default="", help="NAME=VALUE: a variant with this setting, alternated with none")
     parser.add_argument("--full", action="store_true",
-                        help="a variant with Ray started in full (its API server and autoscaler monitor too)")
+                        help="a variant with Ray started as ray.init starts it (API server, autoscaler monitor)")
     args = parser.parse_args()
     variants = {"as the entry": {}}
     if args.full:

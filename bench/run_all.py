@@ -14,7 +14,7 @@ RUNS = {
     "profile_batch.py": [],
     "profile_batch.py --cpu-runtime onnxruntime": ["--size", "256", "--input", "160"],  # the steady rate's ceiling
     "infer_bench.py --timeline": ["--images", "320", "--size", "256", "--input", "160"],  # start-up, step by step
-    "ray_start.py": ["--runs", "4", "--env", "RAY_enable_metrics_collection=0"],  # where ray.init waits
+    "ray_start.py": ["--runs", "6", "--full"],  # where ray.init waits, and what lean_local_start saves
     "actor_imports.py": [],  # a model actor's mmcv/mmdet/mmyolo imports, with and without what it leaves out
     "scaling_bench.py": ["--images", "1500", "--rounds", "3"],  # docs/scaling.md
     "min_img_size.py": [],  # model_config.zoo.FAMILIES, docs/training.md

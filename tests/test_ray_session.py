@@ -19,11 +19,14 @@ from ray_app.devices import container_cpus
 CHILD = r'''
 import os
 import ray
+from ray._private import services
 from ray._private.node import Node
 from ray_app.ray_session import LOCAL_RAY_LEAVES_OUT, _left_out, descendants, start_or_join
 
+ray_get_node = services.get_node
 start_or_join("", [])
 assert all(getattr(Node, name) is not _left_out for name in LOCAL_RAY_LEAVES_OUT), "Node not restored"
+assert services.get_node is ray_get_node, "get_node not restored"
 for pid in descendants(os.getpid()):
     try:
         print(open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode().strip())
@@ -36,7 +39,7 @@ ray.shutdown()
 def test_a_local_ray_starts_lean_and_never_reports_usage():
     """The local Ray starts no API server and no autoscaler monitor
     (``ray_session.LOCAL_RAY_LEAVES_OUT``), while its GCS, raylet and the raylet's dashboard
-    agent run, and Ray's own ``Node`` is as it was afterwards. The API server is the one process
+    agent run, and Ray's own ``Node`` and ``get_node`` are as they were afterwards. The API server is the one process
     that would send usage statistics to Ray's makers (its one module without a dashboard), so
     none is sent, whatever the environment says: the executor never reaches the network at run
     time. ``ray start`` reports by default: the image turns it off (``tests/test_image.py``), and
@@ -57,10 +60,13 @@ def test_a_ray_without_what_is_left_out_starts_in_full(monkeypatch, caplog):
 
     from ray_app.ray_session import lean_local_start
 
+    from ray._private import services
+
+    ray_get_node = services.get_node
     monkeypatch.delattr(Node, "start_monitor")
     with caplog.at_level("WARNING", logger="ray_app.ray_session"), lean_local_start() as left_out:
         assert left_out == ()
-        assert Node.start_api_server.__name__ == "start_api_server"
+        assert Node.start_api_server.__name__ == "start_api_server" and services.get_node is ray_get_node
     assert "has no Node.start_monitor: the local Ray starts with its API server and autoscaler" in caplog.text
 
 
