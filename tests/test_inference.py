@@ -362,6 +362,19 @@ def test_a_local_ray_s_pipeline_starts_no_autoscaling_coordinator(sample, traine
     assert len(local) == len(candidates(sample)) and local == joined
 
 
+def test_a_ray_data_without_the_hook_keeps_its_own_autoscaler(monkeypatch, caplog):
+    """A Ray Data whose executor does not build its autoscaler where ``local_autoscaler`` looks
+    (not the pinned release) keeps its own, after one warning line, instead of failing the task."""
+    from ray.data._internal.execution import streaming_executor
+
+    from ray_app.infer.local_autoscaler import local_cluster_autoscaler
+
+    monkeypatch.delattr(streaming_executor, "create_cluster_autoscaler")
+    with caplog.at_level("WARNING", logger="ray_app.infer.local_autoscaler"), local_cluster_autoscaler():
+        assert not hasattr(streaming_executor, "create_cluster_autoscaler")
+    assert "builds its cluster autoscaler elsewhere: its own runs, with its coordinator" in caplog.text
+
+
 def test_the_onnx_runtime_network_gives_the_torch_network_s_results(sample, trained):
     """``cpu_runtime: onnxruntime``: the network exported when the actor starts and run in ONNX
     Runtime gives, on every pass the mining scores make (plain, flipped, brighter, with
