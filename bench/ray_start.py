@@ -8,9 +8,8 @@ raylet registered (once its dashboard agent, a Python process, answers). ``--ful
 runs with Ray started as ``ray.init`` starts it, without ``ray_session.lean_local_start``: with
 its API server (a Python process started even without a dashboard, whose address ``ray.init``
 waits for before it starts the raylet) and autoscaler monitor, and asking the GCS for the
-registered raylet once a second. ``--env NAME=VALUE``
-alternates runs with and without a setting. Medians and every run go to
-bench/results/ray_start.json.
+registered raylet once a second. ``--env NAME=VALUE`` alternates runs with and without a
+setting. Medians and every run go to bench/results/ray_start.json.
 
     .venv/bin/python bench/ray_start.py [--runs 4] [--full] [--env RAY_enable_metrics_collection=0]
 """

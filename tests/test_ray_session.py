@@ -39,10 +39,10 @@ ray.shutdown()
 def test_a_local_ray_starts_lean_and_never_reports_usage():
     """The local Ray starts no API server and no autoscaler monitor
     (``ray_session.LOCAL_RAY_LEAVES_OUT``), while its GCS, raylet and the raylet's dashboard
-    agent run, and Ray's own ``Node`` and ``get_node`` are as they were afterwards. The API server is the one process
-    that would send usage statistics to Ray's makers (its one module without a dashboard), so
-    none is sent, whatever the environment says: the executor never reaches the network at run
-    time. ``ray start`` reports by default: the image turns it off (``tests/test_image.py``), and
+    agent run, and Ray's own ``Node`` and ``get_node`` are as they were afterwards. The API
+    server is the one process that would send usage statistics to Ray's makers (its one module
+    without a dashboard), so none is sent, whatever the environment says: the executor never
+    reaches the network at run time. ``ray start`` reports by default: the image turns it off (``tests/test_image.py``), and
     :func:`ray_app.ray_session.join_as_node` passes ``--disable-usage-stats``."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "1"}  # what an environment may say
     proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, cwd=REPO,
@@ -56,11 +56,10 @@ def test_a_local_ray_starts_lean_and_never_reports_usage():
 def test_a_ray_without_what_is_left_out_starts_in_full(monkeypatch, caplog):
     """A Ray other than the pinned one, whose ``Node`` lacks a method that
     ``LOCAL_RAY_LEAVES_OUT`` names, starts in full after one warning line, not with an error."""
+    from ray._private import services
     from ray._private.node import Node
 
     from ray_app.ray_session import lean_local_start
-
-    from ray._private import services
 
     ray_get_node = services.get_node
     monkeypatch.delattr(Node, "start_monitor")
